@@ -1,0 +1,15 @@
+"""gendiv: one-step generators, guidance-free sampling and exact-score test beds on diffusers.
+
+Importing gendiv imports every component module, so that pipelines saved with gendiv components load in a
+fresh process (diffusers 0.42.1 refuses third-party modules that are not yet imported).
+"""
+__version__ = "0.1.0"
+
+from . import space  # noqa: F401
+from .condition import Condition
+from .models import MLPDenoiser, OneStepGenerator, UNetDenoiser
+from .pipelines import GenDivPipeline
+from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
+
+__all__ = ["Condition", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser", "GenDivPipeline", "AnalyticDenoiser",
+           "GaussianMixture", "get_distribution"]

@@ -1,0 +1,77 @@
+"""The condition a denoiser sees: class labels with an explicit null flag, and named scalars (β, α, ...)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Condition:
+    """Per-sample conditioning, batched along dim 0.
+
+    ``class_labels``: LongTensor [B] in [0, num_classes). ``drop``: BoolTensor [B], True where the sample uses the
+    null (unconditional) class; the denoiser maps it to its reserved null index, the same in training and sampling.
+    ``scalars``: name → FloatTensor [B] (GFT's β, SMT's α, ...).
+    """
+
+    class_labels: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
+    scalars: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def batch_size(self) -> int | None:
+        for t in (self.class_labels, self.drop, *self.scalars.values()):
+            if t is not None:
+                return t.shape[0]
+        return None
+
+    def to(self, device) -> "Condition":
+        return Condition(
+            None if self.class_labels is None else self.class_labels.to(device),
+            None if self.drop is None else self.drop.to(device),
+            {k: v.to(device) for k, v in self.scalars.items()},
+        )
+
+    def index(self, idx) -> "Condition":
+        return Condition(
+            None if self.class_labels is None else self.class_labels[idx],
+            None if self.drop is None else self.drop[idx],
+            {k: v[idx] for k, v in self.scalars.items()},
+        )
+
+    def with_null(self) -> "Condition":
+        """The same batch with every sample marked unconditional (for guidance's negative pass)."""
+        b = self.batch_size()
+        if b is None:
+            return self
+        ref = next(t for t in (self.class_labels, self.drop, *self.scalars.values()) if t is not None)
+        return Condition(self.class_labels, torch.ones(b, dtype=torch.bool, device=ref.device), dict(self.scalars))
+
+    @staticmethod
+    def cat(conds: list["Condition"]) -> "Condition":
+        def cat_opt(ts):
+            if all(t is None for t in ts):
+                return None
+            if any(t is None for t in ts):
+                raise ValueError("cannot concatenate conditions where only some carry this field")
+            return torch.cat(ts)
+
+        names = set(conds[0].scalars)
+        if any(set(c.scalars) != names for c in conds):
+            raise ValueError("cannot concatenate conditions with different scalar names")
+        drops = [c.drop if c.drop is not None or c.batch_size() is None else
+                 torch.zeros(c.batch_size(), dtype=torch.bool, device=c.class_labels.device if c.class_labels is not None else None)
+                 for c in conds]
+        return Condition(cat_opt([c.class_labels for c in conds]), cat_opt(drops) if any(c.drop is not None for c in conds) else None,
+                         {k: torch.cat([c.scalars[k] for c in conds]) for k in names})
+
+
+def as_condition(cond=None, class_labels=None) -> Condition | None:
+    """Accept a Condition, a LongTensor of labels, or None."""
+    if cond is None and class_labels is None:
+        return None
+    if isinstance(cond, Condition):
+        return cond
+    if cond is not None:
+        class_labels = cond
+    return Condition(class_labels=torch.as_tensor(class_labels).long())

@@ -1,0 +1,256 @@
+"""Denoisers x̂₀ = D(x, σ, cond) over diffusers UNets and small MLPs, in EDM's σ parameterisation.
+
+Every network in gendiv (teacher, fake score, generator backbone) is one of these, and so is anything that
+stands in for one (analytic mixtures, guided combinations): samplers, losses and metrics only see ``D``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import ModelMixin, UNet2DConditionModel, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import nn
+
+from ..condition import Condition, as_condition
+from ..space import (SIGMA_DATA, append_dims, as_sigma_batch, edm_preconditioning, flow_time_from_sigma,
+                     vp_alpha_sigma, vp_timestep_from_sigma, x0_from_prediction)
+
+PARAMETERIZATIONS = {
+    # parameterisation → prediction types it accepts
+    "edm": ("epsilon", "v_prediction", "sample"),  # diffusers EDM semantics: D = c_skip x ± c_out F, or D = F
+    "vp": ("epsilon", "v_prediction", "sample"),   # x_t = α_t x₀ + σ_t ε at a (continuous) DDPM timestep
+    "flow": ("flow",),                             # x_t = (1−t)x₀ + tε, network predicts v = ε − x₀
+}
+UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
+
+
+def scalar_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of a scalar in [0, 1]-ish range, scaled by 1000 like diffusion timesteps."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
+    args = 1000.0 * values.float()[:, None] * freqs[None]
+    emb = torch.cat([args.sin(), args.cos()], dim=1)
+    return nn.functional.pad(emb, (0, dim - 2 * half))
+
+
+class DenoiserMixin:
+    """Shared σ → (network input, network time) → x̂₀ logic for every trainable denoiser.
+
+    Subclasses provide ``self.config`` with ``parameterization``, ``prediction_type``, ``sigma_data``,
+    ``num_classes``, ``scalar_names`` and implement ``_network(net_input, net_time, cond, want_features)``.
+    """
+
+    def _check_parameterization(self, parameterization: str, prediction_type: str):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {sorted(PARAMETERIZATIONS)}")
+        if prediction_type not in PARAMETERIZATIONS[parameterization]:
+            raise ValueError(f"unknown prediction_type {prediction_type!r} for parameterization {parameterization!r}; "
+                             f"choose one of {PARAMETERIZATIONS[parameterization]}")
+
+    def _check_condition(self, cond: Condition | None, batch: int):
+        num_classes, names = self.config.num_classes, list(self.config.scalar_names or [])
+        labels = None if cond is None else cond.class_labels
+        if labels is not None:
+            if num_classes is None:
+                raise ValueError(f"{type(self).__name__} is unconditional (num_classes=None) but got class labels")
+            if labels.shape != (batch,):
+                raise ValueError(f"class_labels must have shape [{batch}], got {tuple(labels.shape)}")
+            if labels.dtype.is_floating_point:
+                raise ValueError("class_labels must be integers")
+            if ((labels < 0) | (labels >= num_classes)).any():
+                raise ValueError(f"class label out of range [0, {num_classes}): got values "
+                                 f"{labels.min().item()}..{labels.max().item()}")
+        given = set() if cond is None else set(cond.scalars)
+        if given != set(names):
+            raise ValueError(f"{type(self).__name__} expects scalar conditions {names}, got {sorted(given)}")
+        for k, v in ({} if cond is None else cond.scalars).items():
+            if v.shape != (batch,):
+                raise ValueError(f"scalar condition {k!r} must have shape [{batch}], got {tuple(v.shape)}")
+
+    def class_index(self, cond: Condition | None, batch: int, device) -> torch.Tensor | None:
+        """Embedding index per sample: the label, or the reserved null index ``num_classes`` when dropped/absent."""
+        if self.config.num_classes is None:
+            return None
+        null = torch.full((batch,), self.config.num_classes, dtype=torch.long, device=device)
+        if cond is None or cond.class_labels is None:
+            return null
+        idx = cond.class_labels.to(device).long()
+        if cond.drop is not None:
+            idx = torch.where(cond.drop.to(device), null, idx)
+        return idx
+
+    def forward(self, x: torch.Tensor, sigma, cond=None, return_features: bool = False):
+        """x̂₀ = D(x, σ, cond). ``sigma``: float or [B]. With ``return_features`` also the bottleneck activations."""
+        if x.ndim < 2:
+            raise ValueError(f"x must be batched (at least 2-D), got shape {tuple(x.shape)}")
+        self._check_input_shape(x)
+        cond = as_condition(cond)
+        batch = x.shape[0]
+        sigma = as_sigma_batch(sigma, batch, device=x.device)
+        self._check_condition(cond, batch)
+        p, pred_type = self.config.parameterization, self.config.prediction_type
+        s = append_dims(sigma, x.ndim)
+        if p == "edm":
+            c_skip, c_out, c_in, c_noise = edm_preconditioning(s, self.config.sigma_data)
+            raw, feats = self._network((c_in * x).to(self.dtype), c_noise.flatten() * self.config.c_noise_scale, cond, return_features)
+            raw = raw.float()
+            if pred_type == "sample":
+                denoised = raw
+            else:
+                sign = 1.0 if pred_type == "epsilon" else -1.0
+                denoised = c_skip * x + sign * c_out * raw
+        elif p == "vp":
+            alpha_t, sigma_t = vp_alpha_sigma(s)
+            x_t = alpha_t * x
+            t = vp_timestep_from_sigma(sigma, self.alphas_cumprod)
+            raw, feats = self._network(x_t.to(self.dtype), t, cond, return_features)
+            denoised = x0_from_prediction(raw.float(), x_t, alpha_t, sigma_t, pred_type)
+        else:  # flow
+            t = flow_time_from_sigma(s)
+            x_t = (1 - t) * x
+            raw, feats = self._network(x_t.to(self.dtype), t.flatten() * 1000, cond, return_features)
+            denoised = x0_from_prediction(raw.float(), x_t, 1 - t, t, "flow")
+        return (denoised, feats) if return_features else denoised
+
+
+def _vp_alphas_cumprod(vp_schedule: dict | None) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    if vp_schedule is None:
+        raise ValueError("parameterization 'vp' needs vp_schedule (DDPMScheduler config: beta_schedule, beta_start, ...)")
+    return DDPMScheduler(**vp_schedule).alphas_cumprod.clone()
+
+
+class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
+    """A diffusers UNet as an EDM denoiser D(x, σ, cond).
+
+    Args:
+        unet_class: ``"UNet2DModel"`` or ``"UNet2DConditionModel"``.
+        unet_config: the UNet's config (what ``unet.config`` holds); the UNet is rebuilt from it on load.
+        parameterization: ``"edm"`` (trained in EDM's σ space; ``prediction_type`` as in diffusers'
+            ``EDMEulerScheduler``: epsilon → D = c_skip x + c_out F, v_prediction → minus sign, sample → D = F),
+            ``"vp"`` (a DDPM-trained UNet; ``vp_schedule`` is the DDPMScheduler config it was trained with), or
+            ``"flow"`` (rectified flow, ``prediction_type="flow"``).
+        num_classes: number of real classes; the UNet must have ``num_class_embeds = num_classes + 1`` and index
+            ``num_classes`` is the null class used for guidance.
+        scalar_names: names of extra scalar conditions (e.g. ``["beta"]``); they enter through ``timestep_cond``
+            (UNet2DConditionModel with ``time_cond_proj_dim``) as a sinusoidal embedding.
+        c_noise_scale: the UNet's timestep is ``c_noise_scale · ln(σ)/4`` in the EDM parameterisation (1.0 matches
+            diffusers' EDM schedulers; the default spreads σ over the positional embedding's range).
+    """
+
+    @register_to_config
+    def __init__(self, unet_class: str = "UNet2DModel", unet_config: dict | None = None, parameterization: str = "edm",
+                 prediction_type: str = "epsilon", sigma_data: float = SIGMA_DATA, num_classes: int | None = None,
+                 scalar_names: list | None = None, c_noise_scale: float = 250.0, vp_schedule: dict | None = None):
+        super().__init__()
+        self._check_parameterization(parameterization, prediction_type)
+        if unet_class not in UNET_CLASSES:
+            raise ValueError(f"unknown unet_class {unet_class!r}; choose one of {sorted(UNET_CLASSES)}")
+        cfg = {k: v for k, v in dict(unet_config or {}).items() if not k.startswith("_")}
+        self.unet = UNET_CLASSES[unet_class].from_config(cfg)
+        ucfg = self.unet.config
+        if num_classes is not None and ucfg.num_class_embeds != num_classes + 1:
+            raise ValueError(f"num_classes={num_classes} needs the UNet built with num_class_embeds={num_classes + 1} "
+                             f"(one extra null class), got {ucfg.num_class_embeds}")
+        names = list(scalar_names or [])
+        if names:
+            if unet_class != "UNet2DConditionModel" or not ucfg.time_cond_proj_dim:
+                raise ValueError("scalar conditions need a UNet2DConditionModel with time_cond_proj_dim set")
+            if ucfg.time_cond_proj_dim % len(names):
+                raise ValueError("time_cond_proj_dim must be divisible by the number of scalar conditions")
+        if parameterization == "vp":
+            self.register_buffer("alphas_cumprod", _vp_alphas_cumprod(vp_schedule), persistent=False)
+        self._features = None
+        tap = self.unet.mid_block if getattr(self.unet, "mid_block", None) is not None else self.unet.down_blocks[-1]
+        tap.register_forward_hook(self._store_features)
+
+    @classmethod
+    def from_unet(cls, unet, **kwargs) -> "UNetDenoiser":
+        """Wrap an existing UNet (its weights are copied)."""
+        den = cls(unet_class=type(unet).__name__, unet_config=dict(unet.config), **kwargs)
+        den.unet.load_state_dict(unet.state_dict())
+        return den
+
+    def _store_features(self, module, inputs, output):
+        self._features = output[0] if isinstance(output, tuple) else output
+
+    def _check_input_shape(self, x):
+        c, size = self.unet.config.in_channels, self.unet.config.sample_size
+        if x.ndim != 4 or x.shape[1] != c:
+            raise ValueError(f"{type(self).__name__} expects images [B, {c}, H, W], got {tuple(x.shape)}")
+        sizes = size if isinstance(size, (list, tuple)) else (size, size)
+        if size is not None and tuple(x.shape[2:]) != tuple(sizes):
+            raise ValueError(f"{type(self).__name__} expects spatial size {tuple(sizes)}, got {tuple(x.shape[2:])}")
+
+    def _network(self, net_input, net_time, cond, want_features):
+        batch = net_input.shape[0]
+        labels = self.class_index(cond, batch, net_input.device)
+        kwargs = {}
+        if labels is not None:
+            kwargs["class_labels"] = labels
+        names = list(self.config.scalar_names or [])
+        if names:
+            dim = self.unet.config.time_cond_proj_dim // len(names)
+            kwargs["timestep_cond"] = torch.cat([scalar_embedding(cond.scalars[n], dim) for n in names], 1).to(self.dtype)
+        if isinstance(self.unet, UNet2DConditionModel):
+            kwargs["encoder_hidden_states"] = None
+        self._features = None
+        out = self.unet(net_input, net_time.to(net_input.dtype), return_dict=False, **kwargs)[0]
+        feats, self._features = self._features, None
+        return out, (feats if want_features else None)
+
+
+class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
+    """An EDM-preconditioned MLP denoiser for low-dimensional data (the toy distributions).
+
+    ``F(c_in x, c_noise, cond)`` is a residual SiLU MLP whose input is the point concatenated with a Fourier
+    embedding of c_noise, a class embedding (null index ``num_classes``) and scalar embeddings.
+    """
+
+    @register_to_config
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
+                 scalar_names: list | None = None, embed_dim: int = 32, sigma_data: float = SIGMA_DATA,
+                 parameterization: str = "edm", prediction_type: str = "epsilon", c_noise_scale: float = 1.0):
+        super().__init__()
+        self._check_parameterization(parameterization, prediction_type)
+        if parameterization != "edm":
+            raise ValueError("MLPDenoiser is trained in the EDM parameterisation only")
+        n_scalars = len(scalar_names or [])
+        self.register_buffer("freqs", torch.randn(embed_dim // 2, generator=torch.Generator().manual_seed(0)) * 4.0)
+        self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes is not None else None
+        in_dim = dim + embed_dim * (1 + (num_classes is not None) + n_scalars)
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+                                    for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+
+    def _fourier(self, v):
+        args = v.float()[:, None] * self.freqs[None] * 2 * math.pi
+        return torch.cat([args.sin(), args.cos()], dim=1)
+
+    def _check_input_shape(self, x):
+        if x.ndim != 2 or x.shape[1] != self.config.dim:
+            raise ValueError(f"MLPDenoiser expects points [B, {self.config.dim}], got {tuple(x.shape)}")
+
+    def _network(self, net_input, net_time, cond, want_features):
+        parts = [net_input, self._fourier(net_time)]
+        labels = self.class_index(cond, net_input.shape[0], net_input.device)
+        if labels is not None:
+            parts.append(self.class_embed(labels))
+        for n in self.config.scalar_names or []:
+            parts.append(self._fourier(cond.scalars[n]))
+        h = self.inp(torch.cat(parts, dim=1))
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h), (h if want_features else None)
+
+
+DENOISER_CLASSES = {"UNetDenoiser": UNetDenoiser, "MLPDenoiser": MLPDenoiser}
+
+
+def build_denoiser(class_name: str, config: dict) -> nn.Module:
+    if class_name not in DENOISER_CLASSES:
+        raise ValueError(f"unknown denoiser class {class_name!r}; choose one of {sorted(DENOISER_CLASSES)}")
+    return DENOISER_CLASSES[class_name].from_config({k: v for k, v in config.items() if not k.startswith("_")})

@@ -1,0 +1,47 @@
+"""One-step generator G(z, cond) = D_θ(σ_init·z, σ_init, cond): a denoiser evaluated at one fixed σ.
+
+Initialising θ from the teacher (DMD2, SiD) makes G start as the teacher's one-step x̂₀ prediction.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from .denoiser import build_denoiser
+
+
+class OneStepGenerator(ModelMixin, ConfigMixin):
+    """Args:
+        backbone_class: ``"UNetDenoiser"`` or ``"MLPDenoiser"``; backbone_config: its config.
+        sigma_init: σ at which the backbone is evaluated; z ~ N(0, I) is scaled by it (80 for DMD2, 2.5 for SiD).
+    """
+
+    @register_to_config
+    def __init__(self, backbone_class: str = "MLPDenoiser", backbone_config: dict | None = None, sigma_init: float = 80.0):
+        super().__init__()
+        self.backbone = build_denoiser(backbone_class, dict(backbone_config or {}))
+
+    @classmethod
+    def from_denoiser(cls, denoiser, sigma_init: float = 80.0) -> "OneStepGenerator":
+        """A generator whose backbone starts as a copy of ``denoiser`` (weights included)."""
+        gen = cls(backbone_class=type(denoiser).__name__, backbone_config=dict(denoiser.config), sigma_init=sigma_init)
+        gen.backbone.load_state_dict(copy.deepcopy(denoiser.state_dict()))
+        return gen
+
+    def sample_shape(self, batch: int) -> tuple:
+        cfg = self.backbone.config
+        if "dim" in cfg:
+            return (batch, cfg.dim)
+        ucfg = self.backbone.unet.config
+        size = ucfg.sample_size if isinstance(ucfg.sample_size, (list, tuple)) else (ucfg.sample_size,) * 2
+        return (batch, ucfg.in_channels, *size)
+
+    @property
+    def num_classes(self):
+        return self.backbone.config.num_classes
+
+    def forward(self, z: torch.Tensor, cond=None, return_features: bool = False):
+        return self.backbone(z * self.config.sigma_init, self.config.sigma_init, cond, return_features=return_features)

@@ -1,0 +1,3 @@
+from .denoising import denoising_loss
+
+__all__ = ["denoising_loss"]

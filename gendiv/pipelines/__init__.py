@@ -1,0 +1,3 @@
+from .pipeline_edm import GenDivPipeline
+
+__all__ = ["GenDivPipeline"]

@@ -1,0 +1,7 @@
+from .checkpoint import CheckpointError
+from .config import ConfigError, load_config
+from .diffusion import DiffusionTrainer, TrainConfig, train
+from .loop import NonFiniteError, RunConfig
+
+__all__ = ["CheckpointError", "ConfigError", "load_config", "DiffusionTrainer", "TrainConfig", "train", "NonFiniteError",
+           "RunConfig"]

@@ -1,0 +1,79 @@
+"""Build denoisers and data from configs (shared by the diffusion and distillation trainers)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models import MLPDenoiser, UNetDenoiser
+from .data import build_source
+
+
+@dataclass
+class DataConfig:
+    source: str = "toy:ring8_imbalanced"  # toy:<name> | digits | mnist | folder:<path> | npz:<path>
+    image_size: int | None = None          # resize images to this square size
+    channels: int | None = None            # image folders: 1 or 3 (default: from the files)
+    use_labels: bool = True                # class-conditional when the data has labels
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "auto"                     # auto | mlp | unet | unet_cond (UNet2DConditionModel)
+    hidden: int = 128                      # mlp width
+    depth: int = 3                         # mlp residual blocks
+    block_out_channels: list = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention: bool = False                # attention blocks at the lowest resolution
+    dropout: float = 0.0
+    parameterization: str = "edm"
+    prediction_type: str = "epsilon"
+    scalar_names: list = field(default_factory=list)  # extra scalar conditions (unet_cond only)
+    time_cond_proj_dim: int = 64
+
+
+def build_data(cfg: DataConfig):
+    return build_source(cfg.source, cfg.image_size, cfg.channels, cfg.use_labels)
+
+
+def build_model(cfg: ModelConfig, source) -> torch.nn.Module:
+    """An MLP denoiser for point data, a UNet denoiser for images."""
+    kind = cfg.kind
+    if kind == "auto":
+        kind = "unet" if source.is_image else "mlp"
+    num_classes = source.num_classes
+    if kind == "mlp":
+        if source.is_image:
+            raise ValueError("model.kind=mlp needs point data; use unet for images")
+        return MLPDenoiser(dim=source.shape[0], hidden=cfg.hidden, depth=cfg.depth, num_classes=num_classes,
+                           scalar_names=list(cfg.scalar_names), parameterization=cfg.parameterization,
+                           prediction_type=cfg.prediction_type)
+    if kind not in ("unet", "unet_cond"):
+        raise ValueError(f"unknown model.kind {cfg.kind!r}; choose auto, mlp, unet or unet_cond")
+    if not source.is_image:
+        raise ValueError(f"model.kind={kind} needs image data")
+    c, h, w = source.shape
+    n_levels = len(cfg.block_out_channels)
+    if h % (2 ** (n_levels - 1)):
+        raise ValueError(f"image size {h} is not divisible by 2^{n_levels - 1} for {n_levels} UNet levels")
+    down = ["DownBlock2D"] * n_levels
+    up = ["UpBlock2D"] * n_levels
+    if cfg.attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    common = dict(sample_size=h, in_channels=c, out_channels=c, block_out_channels=list(cfg.block_out_channels),
+                  layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
+                  num_class_embeds=None if num_classes is None else num_classes + 1)
+    if kind == "unet":
+        if cfg.scalar_names:
+            raise ValueError("scalar conditions need model.kind=unet_cond")
+        unet_class = "UNet2DModel"
+        unet_config = dict(common, down_block_types=down, up_block_types=up, dropout=cfg.dropout)
+    else:
+        unet_class = "UNet2DConditionModel"
+        unet_config = dict(common, down_block_types=[d.replace("Attn", "") for d in down],
+                           up_block_types=[u.replace("Attn", "") for u in up], mid_block_type="UNetMidBlock2D",
+                           time_cond_proj_dim=cfg.time_cond_proj_dim if cfg.scalar_names else None, dropout=cfg.dropout)
+    return UNetDenoiser(unet_class=unet_class, unet_config=unet_config, parameterization=cfg.parameterization,
+                        prediction_type=cfg.prediction_type, num_classes=num_classes,
+                        scalar_names=list(cfg.scalar_names))

@@ -1,0 +1,88 @@
+"""Atomic checkpoints: written to a temporary folder, sealed by a manifest of sizes and SHA-256 hashes, then
+renamed into place; ``latest`` is replaced atomically last. A run killed at any point leaves either the old or
+the new checkpoint complete, and a damaged one is reported by file name instead of loading garbage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def verify_checkpoint(folder: Path):
+    """Raise CheckpointError naming the first missing, truncated or altered file."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: it was not completely written")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is corrupted ({e})") from e
+    for rel, meta in manifest.items():
+        p = folder / rel
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint {folder}: file {rel} is missing")
+        if p.stat().st_size != meta["size"]:
+            raise CheckpointError(f"checkpoint {folder}: file {rel} is truncated or altered "
+                                  f"({p.stat().st_size} bytes, expected {meta['size']})")
+        if _sha256(p) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: file {rel} is corrupted (SHA-256 mismatch)")
+
+
+def tmp_dir_for(root: Path, step: int) -> Path:
+    return Path(root) / f".tmp-step-{step:08d}"
+
+
+def seal_checkpoint(root: Path, step: int, keep: int = 2) -> Path:
+    """Manifest + rename the temporary folder of ``step`` into ``step-XXXXXXXX``; point ``latest`` at it."""
+    root = Path(root)
+    tmp = tmp_dir_for(root, step)
+    final = root / f"step-{step:08d}"
+    write_manifest(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = root / f".{LATEST}.tmp"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, root / LATEST)
+    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint ``latest`` names, verified; None if there is none yet. Stray temporary folders are ignored."""
+    root = Path(root)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    folder = root / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
+    verify_checkpoint(folder)
+    return folder

