@@ -7,9 +7,11 @@ __version__ = "0.1.0"
 
 from . import space  # noqa: F401
 from .condition import Condition
-from .models import MLPDenoiser, OneStepGenerator, UNetDenoiser
-from .pipelines import GenDivPipeline
+from .guidance import ClassifierFreeGuidance
+from .models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, UNetDenoiser
+from .pipelines import GenDivPipeline, OneStepPipeline
 from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
 
-__all__ = ["Condition", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser", "GenDivPipeline", "AnalyticDenoiser",
+__all__ = ["Condition", "ClassifierFreeGuidance", "DiscriminatorHead", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser",
+           "GenDivPipeline", "OneStepPipeline", "AnalyticDenoiser",
            "GaussianMixture", "get_distribution"]

@@ -1,4 +1,4 @@
-"""``gendiv train | sample``: the command line over gendiv.training and the pipelines.
+"""``gendiv train | distill | sample``: the command line over gendiv.training and the pipelines.
 
 Config files are YAML (see configs/); any ``section.key=value`` after the options overrides them.
 """
@@ -18,19 +18,29 @@ def _train(args):
     print(json.dumps(summary, indent=1))
 
 
+def _distill(args):
+    from .training import DistillConfig, distill, load_config
+
+    cfg = load_config(DistillConfig, args.config, args.overrides)
+    summary = distill(cfg)
+    print(json.dumps(summary, indent=1))
+
+
 def _sample(args):
     import numpy as np
     import torch
 
-    from .pipelines import GenDivPipeline
+    from .pipelines import GenDivPipeline, OneStepPipeline
     from .plotting import image_grid, scatter_plot
 
     path = Path(args.pipeline)
     if not (path / "model_index.json").is_file():
         raise SystemExit(f"error: {path} is not a saved pipeline (no model_index.json)")
-    pipe = GenDivPipeline.from_pretrained(str(path))
-    out = pipe(batch_size=args.num_samples, class_labels=args.class_label, num_inference_steps=args.steps,
-               generator=torch.Generator().manual_seed(args.seed), output_type="pt").images
+    one_step = json.loads((path / "model_index.json").read_text())["_class_name"] == "OneStepPipeline"
+    pipe = (OneStepPipeline if one_step else GenDivPipeline).from_pretrained(str(path))
+    kwargs = {} if one_step else {"num_inference_steps": args.steps}
+    out = pipe(batch_size=args.num_samples, class_labels=args.class_label, output_type="pt",
+               generator=torch.Generator().manual_seed(args.seed), **kwargs).images
     dest = Path(args.out)
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.savez(dest.with_suffix(".npz"), samples=out.numpy())
@@ -50,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.steps=500 data.source=digits")
     t.set_defaults(func=_train)
 
-    s = sub.add_parser("sample", help="sample a saved GenDivPipeline to .npz + .png")
+    d = sub.add_parser("distill", help="distil a teacher into a one-step generator (DMD, DMD2, Diff-Instruct, f-distill)")
+    d.add_argument("--config", help="YAML config (configs/distill_*.yaml); defaults: f-distill (JS) on the analytic ring")
+    d.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.name=dmd method.divergence=forward_kl")
+    d.set_defaults(func=_distill)
+
+    s = sub.add_parser("sample", help="sample a saved GenDivPipeline or OneStepPipeline to .npz + .png")
     s.add_argument("--pipeline", required=True, help="folder written by save_pretrained (e.g. runs/teacher/pipeline)")
     s.add_argument("--num-samples", type=int, default=64)
-    s.add_argument("--steps", type=int, default=18, help="scheduler steps")
+    s.add_argument("--steps", type=int, default=18, help="scheduler steps (multi-step pipelines)")
     s.add_argument("--class-label", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples/samples", help="output path without suffix")

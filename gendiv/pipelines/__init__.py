@@ -1,3 +1,4 @@
 from .pipeline_edm import GenDivPipeline
+from .pipeline_one_step import OneStepPipeline
 
-__all__ = ["GenDivPipeline"]
+__all__ = ["GenDivPipeline", "OneStepPipeline"]

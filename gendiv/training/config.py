@@ -26,8 +26,24 @@ def _build(cls, data: dict, where: str):
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, f"{where}.{name}" if where else name)
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def _coerce(value, hint, where: str):
+    """YAML reads '3e-4' as a string; numbers are converted by the field's declared type, with a clear error."""
+    types = typing.get_args(hint) or (hint,)
+    if value is None or not isinstance(value, str) or str in types:
+        return value
+    for t in (int, float):
+        if t in types:
+            try:
+                return t(value)
+            except ValueError:
+                pass
+    if int in types or float in types:
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return value
 
 
 def to_dict(cfg) -> dict:

@@ -62,6 +62,7 @@ class TrainingLoop:
         self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
         self.step = 0
         self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, float]] = {}
+        self.extra_state: dict[str, torch.nn.Module] = {}  # modules with buffers to checkpoint (e.g. ratio bins)
         self.config_dict = config_dict or {}
 
     # -- to be provided by subclasses -------------------------------------------------------------
@@ -155,6 +156,8 @@ class TrainingLoop:
         if self.is_main:
             for name, (ema, _, _) in self.ema.items():
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / f"ema_{name}.safetensors"))
+            for name, module in self.extra_state.items():
+                save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes}))
         acc.wait_for_everyone()
         if self.is_main:
@@ -174,6 +177,8 @@ class TrainingLoop:
         self.gen.set_state(load_file(str(folder / f"data_rng_{acc.process_index}.safetensors"))["state"])
         for name, (ema, _, _) in self.ema.items():
             ema.load_state_dict(load_file(str(folder / f"ema_{name}.safetensors")))
+        for name, module in self.extra_state.items():
+            module.load_state_dict(load_file(str(folder / f"state_{name}.safetensors")))
         self.step = state["step"]
         self._truncate_log(self.step)
         return True

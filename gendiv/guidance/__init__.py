@@ -1,0 +1,3 @@
+from .cfg import ClassifierFreeGuidance
+
+__all__ = ["ClassifierFreeGuidance"]

@@ -1,0 +1,5 @@
+from .ratio import SigmaBinNormalizer, batch_normalized, density_ratio
+from .score_difference import BACKENDS, resolve_backend, triton_available, weighted_difference
+
+__all__ = ["SigmaBinNormalizer", "batch_normalized", "density_ratio", "BACKENDS", "resolve_backend",
+           "triton_available", "weighted_difference"]
