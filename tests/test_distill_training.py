@@ -134,3 +134,12 @@ def test_two_process_distillation_under_accelerate(tmp_path):
     state = json.loads((tmp_path / "checkpoints" / "step-00000008" / "trainer_state.json").read_text())
     assert state["world_size"] == 2
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
+
+
+def test_distill_configs_parse_and_the_written_default_matches_the_embedded_one():
+    from gendiv.training.config import to_dict
+
+    written = load_config(DistillConfig, REPO / "configs" / "distill_ring.yaml")
+    assert to_dict(written) == to_dict(DistillConfig())
+    for f in (REPO / "configs").glob("distill_*.yaml"):
+        load_config(DistillConfig, f)

@@ -250,6 +250,16 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 DENOISER_CLASSES = {"UNetDenoiser": UNetDenoiser, "MLPDenoiser": MLPDenoiser}
 
 
+def sample_shape(denoiser, batch: int) -> tuple:
+    """The shape of a batch in a denoiser's data space: [B, dim] for MLPs, [B, C, H, W] for UNets."""
+    cfg = denoiser.config
+    if "dim" in cfg:
+        return (batch, cfg.dim)
+    ucfg = denoiser.unet.config
+    size = ucfg.sample_size if isinstance(ucfg.sample_size, (list, tuple)) else (ucfg.sample_size,) * 2
+    return (batch, ucfg.in_channels, *size)
+
+
 def build_denoiser(class_name: str, config: dict) -> nn.Module:
     if class_name not in DENOISER_CLASSES:
         raise ValueError(f"unknown denoiser class {class_name!r}; choose one of {sorted(DENOISER_CLASSES)}")

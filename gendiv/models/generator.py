@@ -10,7 +10,7 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .denoiser import build_denoiser
+from .denoiser import build_denoiser, sample_shape
 
 
 class OneStepGenerator(ModelMixin, ConfigMixin):
@@ -32,12 +32,7 @@ class OneStepGenerator(ModelMixin, ConfigMixin):
         return gen
 
     def sample_shape(self, batch: int) -> tuple:
-        cfg = self.backbone.config
-        if "dim" in cfg:
-            return (batch, cfg.dim)
-        ucfg = self.backbone.unet.config
-        size = ucfg.sample_size if isinstance(ucfg.sample_size, (list, tuple)) else (ucfg.sample_size,) * 2
-        return (batch, ucfg.in_channels, *size)
+        return sample_shape(self.backbone, batch)
 
     @property
     def num_classes(self):

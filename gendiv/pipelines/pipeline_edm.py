@@ -7,6 +7,7 @@ from diffusers import EDMEulerScheduler
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..condition import Condition
+from ..models.denoiser import sample_shape
 from .output import make_class_labels, postprocess, randn
 
 
@@ -33,14 +34,6 @@ class GenDivPipeline(DiffusionPipeline):
         kwargs.update(scheduler_kwargs)
         return cls(denoiser=denoiser, scheduler=EDMEulerScheduler(**kwargs))
 
-    def _sample_shape(self, batch_size: int):
-        cfg = self.denoiser.config
-        if "dim" in cfg:
-            return (batch_size, cfg.dim)
-        u = self.denoiser.unet.config
-        size = u.sample_size if isinstance(u.sample_size, (list, tuple)) else (u.sample_size,) * 2
-        return (batch_size, u.in_channels, *size)
-
     def _raw_model_output(self, denoised, sample, sigma):
         """F such that scheduler.precondition_outputs(sample, F, σ) == denoised (an affine inverse)."""
         skip = self.scheduler.precondition_outputs(sample, torch.zeros_like(sample), sigma)
@@ -63,7 +56,7 @@ class GenDivPipeline(DiffusionPipeline):
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
         """
         device = self._execution_device
-        shape = self._sample_shape(batch_size)
+        shape = sample_shape(self.denoiser, batch_size)
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
         cond = None if labels is None else Condition(class_labels=labels)
         x = randn(shape, generator, device) if latents is None else latents.to(device).float()

@@ -135,3 +135,12 @@ def build_source(source: str, image_size: int | None = None, channels: int | Non
     if kind == "npz":
         return load_npz(arg, image_size)
     raise ValueError(f"unknown data source {source!r}; use toy:<name>, digits, mnist, folder:<path> or npz:<path>")
+
+
+def draw_labels(source, n: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Class labels with the data's class frequencies (toy mixtures) or uniformly; None for unconditional data."""
+    if source.num_classes is None:
+        return None
+    if isinstance(source, ToySource):
+        return source.dist.sample_labels(n, generator)
+    return torch.randint(0, source.num_classes, (n,), generator=generator)

@@ -13,7 +13,7 @@ from ..sampling import sample
 from ..toy import exact_metrics
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import to_dict
-from .data import ToySource
+from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
 
@@ -53,9 +53,7 @@ def draw_condition(labels, drop_prob: float, generator) -> Condition | None:
 def sample_with(denoiser, source, n: int, cfg: EvalConfig, seed: int, device):
     """Samples from a denoiser with the evaluation sampler; labels drawn like the data's (conditional sources)."""
     g = torch.Generator().manual_seed(seed)
-    labels = None
-    if source.num_classes is not None:
-        labels = source.dist.sample_labels(n, g) if isinstance(source, ToySource) else torch.randint(0, source.num_classes, (n,), generator=g)
+    labels = draw_labels(source, n, g)
     cond = None if labels is None else Condition(class_labels=labels.to(device))
     x = sample(denoiser, (n, *source.shape), num_steps=cfg.num_steps, sampler=cfg.sampler, cond=cond, generator=g, device=device)
     return x, labels

@@ -24,7 +24,7 @@ from ..space import append_dims, edm_loss_weight, karras_sigmas, sample_sigma
 from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import to_dict
-from .data import ToySource
+from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
 
@@ -55,7 +55,7 @@ class SigmaConfig:
 class MethodConfig:
     name: str = "f_distill"                    # diff_instruct | dmd | dmd2 | f_distill
     divergence: str = "jensen_shannon"         # f_distill: name, short name or alpha:<a>
-    fake_updates_per_generator_update: int | None = None  # None: the method's default (5 for dmd2/f_distill)
+    fake_updates_per_generator_update: int | None = 2     # null: the method's paper default (5 dmd2/f_distill, 1 others)
     gan_weight_gen: float | None = None        # None: the method's default (3e-3 dmd2, 1e-3 f_distill)
     gan_weight_disc: float = 1.0               # weight of the discriminator loss added to the fake-score loss
     logit_clamp: float = 10.0
@@ -78,9 +78,9 @@ class StudentConfig:
 
 @dataclass
 class DistillOptimConfig:
-    lr_generator: float = 1e-3
-    lr_fake: float = 1e-3
-    lr_discriminator: float = 1e-3
+    lr_generator: float = 6e-4
+    lr_fake: float = 3e-3                      # the fake score must track the generator closely (toy-scale rates)
+    lr_discriminator: float = 3e-3
     betas: list = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     ema_decay: float = 0.99
@@ -95,14 +95,15 @@ class DistillEvalConfig:
 
 @dataclass
 class DistillConfig:
-    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/distill", steps=3000, batch_size=256,
+    run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/distill", steps=6000, batch_size=256,
                                                              checkpoint_every=1000, sample_every=0))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source=""))  # real data for the discriminator
     student: StudentConfig = field(default_factory=StudentConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    sigma_generator: SigmaConfig = field(default_factory=SigmaConfig)
-    sigma_fake: SigmaConfig = field(default_factory=lambda: SigmaConfig(min_index=0, max_index=999))
+    # toy defaults: EDM's lognormal σ; image configs use DMD2's Karras-index range (karras_index, [20, 980])
+    sigma_generator: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="lognormal"))
+    sigma_fake: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="lognormal", min_index=0, max_index=999))
     optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
     eval: DistillEvalConfig = field(default_factory=DistillEvalConfig)
 
@@ -156,7 +157,7 @@ class DistillTrainer(TrainingLoop):
         self.guided_teacher = guided
 
         o = cfg.optim
-        mk = lambda params, lr: torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # noqa: E731
+        mk = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # noqa: E731
         opt_g, opt_f = mk(generator.parameters(), o.lr_generator), mk(fake.parameters(), o.lr_fake)
         if self.method.uses_discriminator:
             x_ex, _ = self.source.sample_batch(1, torch.Generator().manual_seed(0))
@@ -193,8 +194,7 @@ class DistillTrainer(TrainingLoop):
         if self.source.num_classes is None:
             return None
         if labels is None:
-            labels = (self.source.dist.sample_labels(batch, self.gen) if isinstance(self.source, ToySource)
-                      else torch.randint(0, self.source.num_classes, (batch,), generator=self.gen))
+            labels = draw_labels(self.source, batch, self.gen)
         return Condition(class_labels=labels.to(self.accelerator.device))
 
     def _sigma(self, cfg: SigmaConfig, batch: int) -> torch.Tensor:
@@ -304,10 +304,7 @@ class DistillTrainer(TrainingLoop):
     def one_step_samples(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         gen = self.ema_generator
-        labels = None
-        if self.source.num_classes is not None:
-            labels = (self.source.dist.sample_labels(n, g) if isinstance(self.source, ToySource)
-                      else torch.randint(0, self.source.num_classes, (n,), generator=g))
+        labels = draw_labels(self.source, n, g)
         cond = None if labels is None else Condition(class_labels=labels.to(self.accelerator.device))
         z = torch.randn(gen.sample_shape(n), generator=g).to(self.accelerator.device)
         return gen(z, cond).float().cpu(), labels

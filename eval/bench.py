@@ -1,0 +1,300 @@
+"""gendiv benchmark harness: runs registered benchmarks, prints tables, writes Markdown (and plots) to
+eval/results/, and with --update-readme rewrites the README's marked sections, so that every figure in the
+README comes from a run of this script.
+
+    python eval/bench.py                       # all benchmarks
+    python eval/bench.py kernel step --update-readme
+    python eval/bench.py toy_methods --steps 15000
+
+Timings are ratios measured within one run on one machine (the printed header says which); they are not
+asserted anywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results"
+BENCHMARKS = {}
+
+
+def benchmark(name):
+    def register(fn):
+        BENCHMARKS[name] = fn
+        return fn
+
+    return register
+
+
+def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds per call (CUDA-synchronised)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    return f"{dev}, torch {torch.__version__}, {platform.machine()}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------
+@benchmark("kernel")
+def bench_kernel(args) -> str:
+    """Fused score-difference kernel vs the eager reference at batch 64×3×32×32."""
+    from gendiv.kernels import triton_available, weighted_difference
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
+    x, dt, df = (torch.randn(64, 3, 32, 32, device=dev, generator=g) for _ in range(3))
+    w = torch.rand(64, device=dev, generator=g)
+    backends = ["eager", "compile"] + (["triton"] if triton_available() and dev == "cuda" else [])
+    ref = weighted_difference(x, dt, df, w, backend="eager")
+    rows, t_eager = [], None
+    moved = 4 * x.numel() * 4  # read x, Dᵀ, Dᶠ; write g (fp32)
+    for b in backends:
+        out = weighted_difference(x, dt, df, w, backend=b)
+        err = float((out - ref).abs().max())
+        t = timed(lambda: weighted_difference(x, dt, df, w, backend=b), repeats=50)
+        t_eager = t_eager or t
+        rows.append([b, t * 1e6, t_eager / t, moved / t / 1e9, err])
+    return (f"Score-difference kernel, 64×3×32×32, {machine()}\n\n"
+            + table(["backend", "µs/call", "speed-up vs eager", "effective GB/s", "max |Δ| vs eager"], rows))
+
+
+def _tiny_image_setup(batch: int = 16):
+    """Teacher, fake and generator: the same tiny UNet (3×32×32) so passes are comparable."""
+    from diffusers import UNet2DModel
+
+    from gendiv.models import OneStepGenerator, UNetDenoiser
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
+                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)
+    teacher = UNetDenoiser.from_unet(unet).eval().requires_grad_(False)
+    fake = copy.deepcopy(teacher).requires_grad_(True).train()
+    gen = OneStepGenerator.from_denoiser(teacher, 80.0).requires_grad_(True).train()
+    return teacher, fake, gen, batch
+
+
+@benchmark("step")
+def bench_step(args) -> str:
+    """A full DMD generator + fake-score step against (a) the sum of its unavoidable network passes and (b) a
+    plain eager loop written the way DMD2's code does it, on the same tiny UNet."""
+    from gendiv.objectives import DMD, denoising_loss, score_difference_step
+    from gendiv.space import edm_loss_weight, sample_sigma
+
+    teacher, fake, gen, bs = _tiny_image_setup()
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-6)
+    opt_f = torch.optim.Adam(fake.parameters(), lr=1e-6)
+    method = DMD(kernel_backend="eager")
+    z = torch.randn(bs, 3, 32, 32)
+
+    def gendiv_step():
+        sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
+        fake.requires_grad_(False)
+        x = gen(z)
+        ctx = score_difference_step(x, teacher, fake, sigma)
+        loss, _ = method.generator_loss(ctx)
+        loss.backward()
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        fake.requires_grad_(True)
+        with torch.no_grad():
+            xf = gen(z)
+        loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
+        loss_f.backward()
+        opt_f.step()
+        opt_f.zero_grad(set_to_none=True)
+
+    def dmd2_reference_step():
+        # the DMD2 code path, written out: noise, two no-grad predictions, normalised gradient, surrogate MSE
+        sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980).view(-1, 1, 1, 1)
+        fake.requires_grad_(False)
+        x = gen(z)
+        noisy = x + sigma * torch.randn_like(x)
+        with torch.no_grad():
+            pred_real = teacher(noisy, sigma.flatten())
+            pred_fake = fake(noisy, sigma.flatten())
+            p_real, p_fake = x - pred_real, x - pred_fake
+            grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
+            grad = torch.nan_to_num(grad)
+        loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
+        loss.backward()
+        opt_g.step()
+        opt_g.zero_grad(set_to_none=True)
+        fake.requires_grad_(True)
+        with torch.no_grad():
+            xf = gen(z)
+        s2 = sample_sigma("karras_index", bs).view(-1, 1, 1, 1)
+        pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten())
+        loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
+        loss_f.backward()
+        opt_f.step()
+        opt_f.zero_grad(set_to_none=True)
+
+    sigma = torch.full((bs,), 1.0)
+
+    def passes():
+        # generator forward+backward, teacher forward, fake forward (no grad), generator forward (no grad),
+        # fake forward+backward: the passes no implementation can avoid
+        x = gen(z)
+        x.sum().backward()
+        with torch.no_grad():
+            teacher(x.detach(), sigma)
+            fake(x.detach(), sigma)
+            xf = gen(z)
+        fake(xf, sigma).sum().backward()
+        gen.zero_grad(set_to_none=True)
+        fake.zero_grad(set_to_none=True)
+
+    reps = args.repeats
+    t_g, t_r, t_p = timed(gendiv_step, reps), timed(dmd2_reference_step, reps), timed(passes, reps)
+    rows = [["network passes only (lower bound)", t_p * 1e3, 1.0], ["gendiv DMD step", t_g * 1e3, t_g / t_p],
+            ["plain eager DMD2-style loop", t_r * 1e3, t_r / t_p]]
+    return (f"One generator + one fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch {bs}, {machine()}\n\n"
+            + table(["what", "ms/step", "ratio to network passes"], rows)
+            + f"\n\ngendiv / plain loop = {t_g / t_r:.3f}")
+
+
+@benchmark("toy_methods")
+def bench_toy_methods(args) -> str:
+    """Each method's one-step student on the imbalanced ring after a fixed budget, next to the teacher's
+    35-NFE sampler (analytic teacher, exact metrics)."""
+    from gendiv.training import DistillConfig, distill, load_config
+
+    runs = [("diff_instruct", None), ("dmd", None), ("dmd2", None), ("f_distill", "reverse_kl"),
+            ("f_distill", "jensen_shannon"), ("f_distill", "forward_kl")]
+    out_root = ROOT / "runs" / "bench_toy_methods"
+    rows, teacher, panels = [], None, {}
+    for name, div in runs:
+        tag = name if div is None else f"{name}_{div}"
+        overrides = [f"run.output_dir={out_root / tag}", "run.progress=false", f"run.steps={args.steps}",
+                     f"method.name={name}"] + ([f"method.divergence={div}"] if div else [])
+        cfg = load_config(DistillConfig, ROOT / "configs" / "distill_ring.yaml", overrides)
+        t = time.time()
+        distill(cfg)
+        result = json.loads((out_root / tag / "eval_final.json").read_text())
+        teacher = result["teacher"]
+        s = result["student"]
+        rows.append([tag, 1, s["sliced_w2"], s["log_likelihood"], s["smallest_mode_recall"], s["min_mode_recall"],
+                     time.time() - t])
+        print(f"  {tag}: {s}", flush=True)
+        panels[tag] = out_root / tag / "samples_final.png"
+    rows.insert(0, ["teacher (Heun)", 35, teacher["sliced_w2"], teacher["log_likelihood"],
+                    teacher["smallest_mode_recall"], teacher["min_mode_recall"], 0.0])
+    _montage(panels, RESULTS / "toy_methods.png")
+    return (f"ring8_imbalanced, {args.steps} steps per method (configs/distill_ring.yaml), 2000 samples, {machine()}\n\n"
+            + table(["model", "NFE", "sliced W₂ ↓", "log-lik ↑", "recall of 5% mode ↑", "min mode recall ↑",
+                     "train s"], rows)
+            + "\n\n![students](eval/results/toy_methods.png)")
+
+
+@benchmark("frechet")
+def bench_frechet(args) -> str:
+    """Fréchet distance at d = 2048: gendiv's symmetric eigen form (with and without the cached reference square
+    root) against scipy.linalg.sqrtm of the product, on the same random covariances."""
+    import numpy as np
+    import scipy.linalg
+
+    from gendiv.metrics import FeatureStats, frechet_distance
+
+    rng = np.random.default_rng(0)
+    d = 2048
+    a = FeatureStats.from_features(rng.normal(size=(4096, d)))
+    b = FeatureStats.from_features(rng.normal(size=(4096, d)) * 1.1 + 0.05)
+
+    def scipy_fd():
+        covmean = scipy.linalg.sqrtm(a.sigma @ b.sigma)
+        covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+        return float(((a.mu - b.mu) ** 2).sum() + np.trace(a.sigma) + np.trace(b.sigma) - 2 * np.trace(covmean))
+
+    def eig_cold():
+        a._sqrt = None
+        return frechet_distance(a, b)
+
+    reps = max(2, args.repeats // 5)
+    t_scipy, t_cold, t_warm = timed(scipy_fd, reps, 1), timed(eig_cold, reps, 1), timed(lambda: frechet_distance(a, b), reps, 1)
+    diff = abs(scipy_fd() - frechet_distance(a, b))
+    rows = [["scipy.linalg.sqrtm(Σ₁Σ₂)", t_scipy, 1.0], ["gendiv eigh form", t_cold, t_scipy / t_cold],
+            ["gendiv, cached reference √Σ", t_warm, t_scipy / t_warm]]
+    return (f"Fréchet distance, d = 2048, {machine()}\n\n"
+            + table(["method", "s/call", "speed-up vs sqrtm"], rows) + f"\n\n|Δ FID| between the two forms: {diff:.2e}")
+
+
+def _montage(panels: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)))
+    for ax, (tag, p) in zip(axes, panels.items()):
+        ax.imshow(mpimg.imread(p))
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def update_readme(name: str, markdown: str):
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if start not in text:
+        print(f"README has no {start} section; not updated", file=sys.stderr)
+        return
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{markdown}\n{end}", text))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})")
+    p.add_argument("--update-readme", action="store_true", help="rewrite the README's <!-- bench:NAME --> sections")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--steps", type=int, default=8000, help="training steps per method (toy_methods)")
+    args = p.parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        print(f"== {name} ==", flush=True)
+        md = BENCHMARKS[name](args)
+        print(md, flush=True)
+        (RESULTS / f"{name}.md").write_text(md + "\n")
+        if args.update_readme:
+            update_readme(name, md)
+
+
+if __name__ == "__main__":
+    main()
