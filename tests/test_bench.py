@@ -1,0 +1,17 @@
+"""The benchmark harness runs and regenerates marked README sections (timings are printed, never asserted)."""
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_harness_regenerates_a_readme_section(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "eval" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:toy_sampler -->\nold\n<!-- /bench:toy_sampler -->\nend\n")
+    bench.main(["toy_sampler", "--update-readme", "--readme", str(readme), "--results-dir", str(tmp_path / "r")])
+    text = readme.read_text()
+    assert "old" not in text and "ring8_imbalanced" in text and text.endswith("end\n")
+    assert (tmp_path / "r" / "toy_sampler.md").is_file()
