@@ -74,12 +74,13 @@ def test_killed_and_resumed_distillation_matches_uninterrupted(tmp_path):
 
 
 def test_nan_in_a_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypatch):
-    trainer = DistillTrainer(_cfg(tmp_path, "method.name=dmd", "run.steps=10", "run.checkpoint_every=3"))
+    trainer = DistillTrainer(_cfg(tmp_path, "method.name=dmd", "run.steps=10", "run.checkpoint_every=3",
+                                  "method.fake_updates_per_generator_update=1"))
     original = trainer.method.generator_loss
 
     def poisoned(ctx):
         loss, metrics = original(ctx)
-        return (loss * float("nan") if trainer.step >= 5 else loss), metrics
+        return (loss * float("nan") if trainer.step >= 4 else loss), metrics  # the 5th step fails
 
     monkeypatch.setattr(trainer.method, "generator_loss", poisoned)
     with pytest.raises(NonFiniteError, match=r"step 5: dmd generator loss is not finite.*step-00000003"):

@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_step_and_name(tmp_path):
     np.savez(tmp_path / "bad.npz", images=arr)
     cfg = _cfg(tmp_path / "run", f"data.source=npz:{tmp_path / 'bad.npz'}", "run.batch_size=8", "run.steps=3",
                "model.block_out_channels=[8,16]")
-    with pytest.raises(NonFiniteError, match="step 0: denoising loss is not finite"):
+    with pytest.raises(NonFiniteError, match="step 1: denoising loss is not finite"):
         train(cfg)
 
 

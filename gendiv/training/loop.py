@@ -94,7 +94,7 @@ class TrainingLoop:
     def check_finite(self, name: str, value: torch.Tensor):
         if not torch.isfinite(value).all():
             kept = latest_checkpoint(self.ckpt_root) if (self.ckpt_root / "latest").exists() else None
-            raise NonFiniteError(f"step {self.step}: {name} is not finite ({value.detach().flatten()[:4].tolist()}); "
+            raise NonFiniteError(f"step {self.step + 1}: {name} is not finite ({value.detach().flatten()[:4].tolist()}); "
                                  f"training stopped. Last good checkpoint: {kept or 'none written yet'}")
 
     def clip_and_step(self, module, optimizer, loss, name: str):
