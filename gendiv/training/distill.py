@@ -15,12 +15,12 @@ import torch
 from ..condition import Condition
 from ..guidance import ClassifierFreeGuidance
 from ..models import DiscriminatorHead, OneStepGenerator, discriminator_loss
-from ..objectives import build_method, denoising_loss, score_difference_step
+from ..objectives import build_method, denoising_loss, score_difference_step, weighted_denoising_error
 from ..pipelines import GenDivPipeline, OneStepPipeline
 from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
 from ..sampling import sample_heun
-from ..space import append_dims, edm_loss_weight, karras_sigmas, sample_sigma
+from ..space import append_dims, karras_sigmas, sample_sigma
 from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import to_dict
@@ -241,7 +241,7 @@ class DistillTrainer(TrainingLoop):
                                   x_real.to(dev) + append_dims(sigma_real, x_fake.ndim) * torch.randn(x_fake.shape, generator=self.gen).to(dev)])
                 all_cond = None if cond is None else Condition.cat([cond, cond, real_cond])
                 denoised, feats = self.fake(x_in, torch.cat([sigma, sigma_gan, sigma_real]), all_cond, return_features=True)
-                dsm = (append_dims(edm_loss_weight(sigma), x_fake.ndim) * (denoised[:bs].float() - x_fake) ** 2).flatten(1).mean(1).mean()
+                dsm = weighted_denoising_error(denoised[:bs], x_fake, sigma).mean()
                 logits = self.head(feats[bs:])  # [generated at σ_gan; real at σ_real]
                 d_loss = discriminator_loss(logits[bs:], logits[:bs])
                 loss = dsm + self.cfg.method.gan_weight_disc * d_loss
