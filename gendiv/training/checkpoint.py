@@ -4,11 +4,12 @@ the new checkpoint complete, and a damaged one is reported by file name instead 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+from ..fileio import sha256_file
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -18,17 +19,9 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path):
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    manifest = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
@@ -49,7 +42,7 @@ def verify_checkpoint(folder: Path):
         if p.stat().st_size != meta["size"]:
             raise CheckpointError(f"checkpoint {folder}: file {rel} is truncated or altered "
                                   f"({p.stat().st_size} bytes, expected {meta['size']})")
-        if _sha256(p) != meta["sha256"]:
+        if sha256_file(p) != meta["sha256"]:
             raise CheckpointError(f"checkpoint {folder}: file {rel} is corrupted (SHA-256 mismatch)")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import image_files, read_image
 from ..toy import ComponentMixture, get_distribution
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 class ToySource:
@@ -72,25 +72,10 @@ def load_mnist_source(image_size: int | None = None, use_labels: bool = True) ->
 
 def load_image_folder(path: str | Path, image_size: int | None = None, channels: int | None = None) -> TensorSource:
     """Every png/jpg/... under ``path`` (recursively). Mixed sizes are resized to ``image_size`` (or the first size)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"image folder not found: {path}")
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"image folder {path} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    tensors = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                mode = "L" if (channels == 1 or (channels is None and im.mode in ("L", "1", "I;16"))) else "RGB"
-                arr = np.asarray(im.convert(mode), dtype=np.float32)
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"cannot read image {f}: {e}") from e
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        tensors.append(torch.from_numpy(arr / 255.0 * 2 - 1))
+    mode = {1: "L", 3: "RGB", None: None}[channels]
+    arrays = [read_image(f, mode) for f in image_files(path)]
+    tensors = [torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).astype(np.float32) / 255.0 * 2 - 1)
+               for a in arrays]
     if channels is None:
         channels = 3 if any(t.shape[0] == 3 for t in tensors) else 1
     tensors = [t.expand(channels, -1, -1) if t.shape[0] != channels else t for t in tensors]
