@@ -13,7 +13,7 @@ from pathlib import Path
 def _train(args):
     from .training import TrainConfig, load_config, train
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides + (["run.resume=true"] if args.resume else []))
     summary = train(cfg)
     print(json.dumps(summary, indent=1))
 
@@ -21,7 +21,7 @@ def _train(args):
 def _distill(args):
     from .training import DistillConfig, distill, load_config
 
-    cfg = load_config(DistillConfig, args.config, args.overrides)
+    cfg = load_config(DistillConfig, args.config, args.overrides + (["run.resume=true"] if args.resume else []))
     summary = distill(cfg)
     print(json.dumps(summary, indent=1))
 
@@ -82,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model (teacher) with the EDM loss")
     t.add_argument("--config", help="YAML config (configs/*.yaml); defaults: the 2-D imbalanced ring")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.steps=500 data.source=digits")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
     t.set_defaults(func=_train)
 
     d = sub.add_parser("distill", help="distil a teacher into a one-step generator (DMD, DMD2, Diff-Instruct, f-distill)")
     d.add_argument("--config", help="YAML config (configs/distill_*.yaml); defaults: f-distill (JS) on the analytic ring")
     d.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.name=dmd method.divergence=forward_kl")
+    d.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
     d.set_defaults(func=_distill)
 
     sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "

@@ -21,3 +21,15 @@ def test_sample_command_on_a_one_step_pipeline(tmp_path):
     main(["sample", "--pipeline", str(tmp_path / "p"), "--num-samples", "10", "--out", str(tmp_path / "s")])
     assert np.load(tmp_path / "s.npz")["samples"].shape == (10, 2)
     assert (tmp_path / "s.png").is_file()
+
+
+def test_resume_flag_continues_a_stopped_run(tmp_path, capsys):
+    from gendiv.training import load_config, TrainConfig, train
+
+    common = [f"run.output_dir={tmp_path}", "run.progress=false", "run.steps=6", "run.checkpoint_every=2",
+              "eval.num_samples=32", "eval.num_steps=2"]
+    train(load_config(TrainConfig, None, common + ["run.stop_after=4"]))
+    main(["train", "--resume", *common])
+    assert "resumed from step 4" in capsys.readouterr().out
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert '"step": 6' in rows[-2] or '"step": 6' in rows[-1]
