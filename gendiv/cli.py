@@ -10,20 +10,34 @@ import sys
 from pathlib import Path
 
 
+def _run_flags(args) -> list[str]:
+    return (["run.resume=true"] if args.resume else []) + (["run.overwrite=true"] if args.overwrite else [])
+
+
+def _report_outputs(out: Path):
+    """Tell the user where everything went."""
+    print(f"outputs in {out}/:")
+    for name in ("samples_final.png", "eval_final.json", "metrics.jsonl", "metrics.csv", "checkpoints", "pipeline"):
+        if (out / name).exists():
+            print(f"  {out / name}")
+
+
 def _train(args):
     from .training import TrainConfig, load_config, train
 
-    cfg = load_config(TrainConfig, args.config, args.overrides + (["run.resume=true"] if args.resume else []))
+    cfg = load_config(TrainConfig, args.config, args.overrides + _run_flags(args))
     summary = train(cfg)
     print(json.dumps(summary, indent=1))
+    _report_outputs(Path(cfg.run.output_dir))
 
 
 def _distill(args):
     from .training import DistillConfig, distill, load_config
 
-    cfg = load_config(DistillConfig, args.config, args.overrides + (["run.resume=true"] if args.resume else []))
+    cfg = load_config(DistillConfig, args.config, args.overrides + _run_flags(args))
     summary = distill(cfg)
     print(json.dumps(summary, indent=1))
+    _report_outputs(Path(cfg.run.output_dir))
 
 
 def _sample(args):
@@ -33,9 +47,13 @@ def _sample(args):
     from .pipelines import GenDivPipeline, OneStepPipeline
     from .plotting import image_grid, scatter_plot
 
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be ≥ 1, got {args.num_samples}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
     path = Path(args.pipeline)
     if not (path / "model_index.json").is_file():
-        raise SystemExit(f"error: {path} is not a saved pipeline (no model_index.json)")
+        raise ValueError(f"{path} is not a saved pipeline (no model_index.json)")
     one_step = json.loads((path / "model_index.json").read_text())["_class_name"] == "OneStepPipeline"
     pipe = (OneStepPipeline if one_step else GenDivPipeline).from_pretrained(str(path))
     kwargs = {} if one_step else {"num_inference_steps": args.steps}
@@ -45,15 +63,28 @@ def _sample(args):
     dest.parent.mkdir(parents=True, exist_ok=True)
     np.savez(dest.with_suffix(".npz"), samples=out.numpy())
     if out.ndim == 2:
-        scatter_plot(dest.with_suffix(".png"), {"samples": out})
+        panels, ref = {f"samples ({path.name})": out}, None
+        if args.truth:
+            from .toy import get_distribution
+
+            ref = get_distribution(args.truth.removeprefix("toy:")).sample(len(out), torch.Generator().manual_seed(args.seed + 1))
+            panels = {f"truth ({args.truth})": ref, **panels}
+        scatter_plot(dest.with_suffix(".png"), panels, title=f"{len(out)} samples from {path}", reference=ref)
     else:
-        image_grid(dest.with_suffix(".png"), out * 2 - 1)
+        image_grid(dest.with_suffix(".png"), out * 2 - 1, title=f"{len(out)} samples from {path}")
     print(f"wrote {dest.with_suffix('.npz')} and {dest.with_suffix('.png')}")
+
+
+def _positive(value, flag: str):
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be ≥ 1, got {value}")
 
 
 def _fid(args):
     from .metrics import evaluate
 
+    _positive(args.num_samples, "--num-samples")
+    _positive(args.num_ref, "--num-ref")
     result = evaluate(args.gen, args.ref, backend=args.backend, resize=args.resize, num_samples=args.num_samples,
                       num_ref=args.num_ref, weights=args.inception_weights, with_kid=args.kid,
                       with_fid_inf=args.fid_infinity, with_pr=args.precision_recall, fid_inf_min=args.fid_inf_min)
@@ -69,6 +100,8 @@ def _fid_stats(args):
     from .metrics.fid import feature_model
     from .metrics.images import load_images
 
+    _positive(args.num_samples, "--num-samples")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before hours of features, not after
     feats = compute_features(load_images(args.source, args.num_samples), args.resize, args.inception_weights)
     meta = {"source": args.source, "resize": args.resize, "weights_sha256": feature_model(args.inception_weights).weights_sha256}
     FeatureStats.from_features(feats, meta).save(args.out)
@@ -82,13 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a diffusion model (teacher) with the EDM loss")
     t.add_argument("--config", help="YAML config (configs/*.yaml); defaults: the 2-D imbalanced ring")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.steps=500 data.source=digits")
-    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
+    t.add_argument("--overwrite", action="store_true",
+                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
     t.set_defaults(func=_train)
 
     d = sub.add_parser("distill", help="distil a teacher into a one-step generator (DMD, DMD2, Diff-Instruct, f-distill)")
     d.add_argument("--config", help="YAML config (configs/distill_*.yaml); defaults: f-distill (JS) on the analytic ring")
     d.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.name=dmd method.divergence=forward_kl")
-    d.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in run.output_dir")
+    d.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
+    d.add_argument("--overwrite", action="store_true",
+                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
     d.set_defaults(func=_distill)
 
     sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "
@@ -131,20 +168,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-label", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples/samples", help="output path without suffix")
+    s.add_argument("--truth", default=None, help="point models: a toy distribution (e.g. ring8_imbalanced) drawn beside "
+                   "the samples, on the same axes")
     s.set_defaults(func=_sample)
     return p
 
 
 def main(argv: list[str] | None = None):
-    args = build_parser().parse_args(argv)
+    """Bad input ends in one line on stderr and exit code 2 (a training failure: exit 1), never a traceback."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come before or after options (argparse stops collecting positionals at an option)
+    if extra and (not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from .metrics import WeightsError
-    from .training import CheckpointError, ConfigError
+    from .training import CheckpointError, NonFiniteError
 
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from e
+    except (ValueError, TypeError, CheckpointError, WeightsError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except NonFiniteError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted; resume a training run with --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if text else type(e).__name__
 
 
 if __name__ == "__main__":

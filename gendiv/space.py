@@ -109,6 +109,13 @@ def vp_timestep_from_sigma(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) ->
     return (lo + frac).to(torch.float32)
 
 
+def sigma_dtype(x: torch.Tensor, sigma) -> torch.dtype:
+    """float64 when x or σ is float64 (analytic denoisers, guidance over them), else float32."""
+    if x.dtype == torch.float64 or (torch.is_tensor(sigma) and sigma.dtype == torch.float64):
+        return torch.float64
+    return torch.float32
+
+
 def vp_alpha_sigma(sigma: torch.Tensor):
     """(α_t, σ_t) of the VP process that matches EDM σ: α = 1/√(1+σ²), σ_t = σ·α."""
     alpha = 1 / (1 + sigma**2).sqrt()
@@ -170,8 +177,13 @@ def append_dims(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape(t.shape + (1,) * (ndim - t.ndim))
 
 
-def as_sigma_batch(sigma, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Normalise σ (float, 0-d or [batch] tensor) to a [batch] tensor, with a clear error otherwise."""
+def as_sigma_batch(sigma, batch: int, device=None, dtype=None) -> torch.Tensor:
+    """Normalise σ (float, 0-d or [batch] tensor) to a [batch] tensor, with a clear error otherwise.
+
+    ``dtype=None`` keeps a float64 σ in float64 (exact test beds) and makes everything else float32.
+    """
+    if dtype is None:
+        dtype = torch.float64 if torch.is_tensor(sigma) and sigma.dtype == torch.float64 else torch.float32
     sigma = torch.as_tensor(sigma, device=device, dtype=dtype)
     if sigma.ndim == 0:
         sigma = sigma.expand(batch)

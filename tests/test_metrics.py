@@ -1,7 +1,6 @@
 """FID and friends: the Fréchet distance against scipy / clean-fid / torchmetrics on the same features, the
 offline Inception weights, end-to-end FID on real MNIST digits, and clear errors for bad input."""
 import json
-import math
 import os
 import shutil
 

@@ -6,7 +6,7 @@ import torch
 from gendiv import space
 from gendiv.condition import Condition
 from gendiv.models.denoiser import DenoiserMixin
-from gendiv.toy import AnalyticDenoiser, conditional2d, ring8_imbalanced
+from gendiv.toy import AnalyticDenoiser, conditional2d
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "v_prediction", "sample", "flow"])

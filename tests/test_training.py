@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from gendiv.training import CheckpointError, ConfigError, NonFiniteError, TrainConfig, load_config, train
 from gendiv.training.data import build_source
@@ -66,23 +65,35 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_truncated_checkpoint_is_reported(tmp_path):
+def test_truncated_checkpoint_falls_back_to_the_intact_older_one(tmp_path, capsys):
     train(_cfg(tmp_path, "run.steps=4", "run.checkpoint_every=2", "eval.num_samples=32", "eval.num_steps=2"))
-    latest = tmp_path / "checkpoints" / (tmp_path / "checkpoints" / "latest").read_text()
+    ckpts = tmp_path / "checkpoints"
+    latest = ckpts / (ckpts / "latest").read_text()
+    assert latest.name == "step-00000004" and (ckpts / "step-00000002").is_dir()
     model_file = latest / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="model.safetensors is truncated"):
-        train(_cfg(tmp_path, "run.steps=6", "run.resume=true"))
+    train(_cfg(tmp_path, "run.steps=6", "run.checkpoint_every=2", "run.resume=true", "eval.num_samples=32", "eval.num_steps=2"))
+    out = capsys.readouterr().out
+    assert "model.safetensors is truncated" in out and "resuming from step-00000002" in out
+    assert any(p.name.startswith("step-00000004.damaged") for p in ckpts.iterdir())  # kept, not deleted
+    # with every checkpoint damaged, resuming is refused with the reason
+    for folder in ckpts.glob("step-*"):
+        for f in folder.glob("model.safetensors"):
+            f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="no intact checkpoint.*truncated"):
+        train(_cfg(tmp_path, "run.steps=8", "run.resume=true"))
 
 
-def test_nan_loss_stops_with_step_and_name(tmp_path):
-    arr = np.zeros((8, 1, 8, 8), np.float32)
-    arr[3, 0, 2, 2] = np.nan
-    np.savez(tmp_path / "bad.npz", images=arr)
-    cfg = _cfg(tmp_path / "run", f"data.source=npz:{tmp_path / 'bad.npz'}", "run.batch_size=8", "run.steps=3",
-               "model.block_out_channels=[8,16]")
+def test_nan_loss_stops_with_step_and_name(tmp_path, monkeypatch):
+    """Bad data is refused when it is loaded (test_bad_input); a loss that turns NaN later names the step."""
+    from gendiv.training import DiffusionTrainer
+    from gendiv.training import diffusion as diffusion_module
+
+    trainer = DiffusionTrainer(_cfg(tmp_path / "run", "run.batch_size=8", "run.steps=3"))
+    real_loss = diffusion_module.denoising_loss
+    monkeypatch.setattr(diffusion_module, "denoising_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
     with pytest.raises(NonFiniteError, match="step 1: denoising loss is not finite"):
-        train(cfg)
+        trainer.fit()
 
 
 def test_data_sources(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..condition import Condition, as_condition
-from ..space import as_sigma_batch
+from ..space import as_sigma_batch, sigma_dtype
 
 
 class ClassifierFreeGuidance(nn.Module):
@@ -26,7 +26,7 @@ class ClassifierFreeGuidance(nn.Module):
         s = self.guidance_scale
         if s == 1.0 or cond is None or cond.class_labels is None:
             return self.denoiser(x, sigma, cond, return_features=return_features)
-        sigma = as_sigma_batch(sigma, x.shape[0], device=x.device)
+        sigma = as_sigma_batch(sigma, x.shape[0], device=x.device, dtype=sigma_dtype(x, sigma))
         both = Condition.cat([cond, cond.with_null()])
         out = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), both, return_features=return_features)
         d, feats = out if return_features else (out, None)

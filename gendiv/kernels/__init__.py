@@ -1,5 +1,5 @@
-from .ratio import SigmaBinNormalizer, batch_normalized, density_ratio
+from .ratio import SigmaBinNormalizer, batch_normalized, density_ratio, global_mean
 from .score_difference import BACKENDS, resolve_backend, triton_available, weighted_difference
 
-__all__ = ["SigmaBinNormalizer", "batch_normalized", "density_ratio", "BACKENDS", "resolve_backend",
+__all__ = ["global_mean", "SigmaBinNormalizer", "batch_normalized", "density_ratio", "BACKENDS", "resolve_backend",
            "triton_available", "weighted_difference"]

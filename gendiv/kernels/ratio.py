@@ -5,6 +5,8 @@ is initialised, so every process uses the global mean.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -25,23 +27,36 @@ def density_ratio(logits: torch.Tensor, logit_clamp: float = 10.0, ratio_min: fl
 
 
 @torch.no_grad()
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of t over the whole global batch (all processes), in at least float32."""
+    t = t.to(torch.promote_types(t.dtype, torch.float32))
+    stats = _all_reduce_sum(torch.stack([t.sum(), torch.tensor(float(t.numel()), device=t.device, dtype=t.dtype)]))
+    return stats[0] / stats[1]
+
+
+@torch.no_grad()
 def batch_normalized(h: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """ĥ = h / max(global batch mean of h, ε) (exactly 1 when h is constant, so reverse KL is DMD exactly)."""
     h = h.to(torch.promote_types(h.dtype, torch.float32))
-    stats = _all_reduce_sum(torch.stack([h.sum(), torch.tensor(float(h.numel()), device=h.device, dtype=h.dtype)]))
-    return h / (stats[0] / stats[1]).clamp_min(eps)
+    return h / global_mean(h).clamp_min(eps)
 
 
 class SigmaBinNormalizer(nn.Module):
-    """Divides r by its running mean within equal-width σ bins (NVIDIA's f-distill estimator).
+    """Divides r by its running mean within σ bins (NVIDIA's f-distill estimator).
 
-    The bin means are buffers, so they are saved in checkpoints and restored on resume.
+    ``spacing="linear"``: NVIDIA's equal-width bins in σ (with lognormal σ almost every sample lands in the first
+    bin); ``"log"``: equal width in log σ. The bin means are buffers, saved in checkpoints and restored on resume.
     """
 
-    def __init__(self, num_bins: int = 10, sigma_min: float = 0.002, sigma_max: float = 80.0, ema: float = 0.0):
+    def __init__(self, num_bins: int = 10, sigma_min: float = 0.002, sigma_max: float = 80.0, ema: float = 0.0,
+                 spacing: str = "linear"):
         super().__init__()
+        if spacing not in ("linear", "log"):
+            raise ValueError(f"bin spacing must be 'linear' or 'log', got {spacing!r}")
         self.num_bins, self.ema = num_bins, ema
-        self.register_buffer("edges", torch.linspace(sigma_min, sigma_max, num_bins + 1))
+        edges = torch.linspace(sigma_min, sigma_max, num_bins + 1) if spacing == "linear" else \
+            torch.logspace(math.log10(sigma_min), math.log10(sigma_max), num_bins + 1)
+        self.register_buffer("edges", edges)
         self.register_buffer("means", torch.ones(num_bins))
         self.register_buffer("seen", torch.zeros(num_bins, dtype=torch.bool))
 

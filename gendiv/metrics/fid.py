@@ -65,7 +65,7 @@ def reference_stats(spec: str, resize: str, weights=None, num_samples=None, prog
     model = feature_model(weights)
     if spec.endswith(".npz") and Path(spec).is_file():
         with np.load(spec) as d:
-            is_stats = "mu" in d and "sigma" in d
+            is_stats = "mu" in d or "sigma" in d  # FeatureStats.load says which one is missing
         if is_stats:
             stats = FeatureStats.load(spec)
             for key, want in (("resize", resize), ("weights_sha256", model.weights_sha256)):

@@ -136,8 +136,9 @@ def converted_weights(path: str | os.PathLike | None = None) -> tuple[Path, str]
     except RuntimeError:  # not TorchScript: a plain state dict in torch-fidelity layout?
         try:
             state = torch.load(src, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise WeightsError(f"cannot read Inception weights {src}: {e}") from e
+        except Exception as e:  # torch's own message here is a long weights_only hint that does not apply
+            raise WeightsError(f"cannot read Inception weights {src}: neither the FID Inception TorchScript file nor "
+                               f"a torch-fidelity InceptionV3 state dict ({type(e).__name__})") from None
         missing = set(_bare_fidelity().state_dict()) - set(state)
         if missing:
             raise WeightsError(f"{src} is not a torch-fidelity InceptionV3 state dict (missing e.g. {sorted(missing)[0]})")

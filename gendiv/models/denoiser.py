@@ -103,7 +103,7 @@ class DenoiserMixin:
         elif p == "vp":
             alpha_t, sigma_t = vp_alpha_sigma(s)
             x_t = alpha_t * x
-            t = vp_timestep_from_sigma(sigma, self.alphas_cumprod)
+            t = vp_timestep_from_sigma(sigma, self.alphas_cumprod.to(x.device))
             raw, feats = self._network(x_t.to(self.dtype), t, cond, return_features)
             denoised = x0_from_prediction(raw.float(), x_t, alpha_t, sigma_t, pred_type)
         else:  # flow
@@ -160,8 +160,9 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
                 raise ValueError("scalar conditions need a UNet2DConditionModel with time_cond_proj_dim set")
             if ucfg.time_cond_proj_dim % len(names):
                 raise ValueError("time_cond_proj_dim must be divisible by the number of scalar conditions")
-        if parameterization == "vp":
-            self.register_buffer("alphas_cumprod", _vp_alphas_cumprod(vp_schedule), persistent=False)
+        # ᾱ stays float64 whatever the model's dtype: a buffer would be cast with .to(bf16), where ᾱ rounds to 1
+        # at low σ and the timestep becomes NaN
+        self.alphas_cumprod = _vp_alphas_cumprod(vp_schedule).double() if parameterization == "vp" else None  # no buffer
         self._features = None
         tap = self.unet.mid_block if getattr(self.unet, "mid_block", None) is not None else self.unet.down_blocks[-1]
         tap.register_forward_hook(self._store_features)

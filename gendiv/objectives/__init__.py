@@ -1,8 +1,10 @@
 from .denoising import denoising_loss, weighted_denoising_error
-from .distill import (METHODS, DiffInstruct, DistillationMethod, DMD, DMD2, FDistill, StepContext, build_method,
-                      score_difference_step, surrogate_loss)
-from .divergences import DIVERGENCES, Divergence, get_divergence, h_from_f
+from .distill import (METHODS, DiffInstruct, DistillationMethod, DistillBatch, DMD, DMD2, EncoderDiscriminator, FDistill,
+                      MethodOptions, StepContext, build_method, method_class, score_difference_step, surrogate_loss)
+from .divergences import DIVERGENCES, Divergence, get_divergence, h_derivatives, h_from_f
+from .score_identity import SiD, SiDA, UniInstruct, sample_weight, sid_per_sample
 
-__all__ = ["denoising_loss", "weighted_denoising_error", "METHODS", "DiffInstruct", "DistillationMethod", "DMD", "DMD2", "FDistill", "StepContext",
-           "build_method", "score_difference_step", "surrogate_loss", "DIVERGENCES", "Divergence", "get_divergence",
-           "h_from_f"]
+__all__ = ["denoising_loss", "weighted_denoising_error", "METHODS", "DiffInstruct", "DistillationMethod", "DistillBatch",
+           "DMD", "DMD2", "EncoderDiscriminator", "FDistill", "MethodOptions", "StepContext", "build_method",
+           "method_class", "score_difference_step", "surrogate_loss", "DIVERGENCES", "Divergence", "get_divergence",
+           "h_derivatives", "h_from_f", "SiD", "SiDA", "UniInstruct", "sample_weight", "sid_per_sample"]

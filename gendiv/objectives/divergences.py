@@ -46,13 +46,26 @@ def h_from_f(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tenso
     """h(r) = f''(r)·r² by double autograd, for a user-supplied elementwise f."""
 
     def h(r: torch.Tensor) -> torch.Tensor:
+        keep_graph = r.requires_grad  # differentiable in r, so h' and h'' (Uni-Instruct) work for callables too
         with torch.enable_grad():
-            r_ = r.detach().double().requires_grad_()
+            r_ = r.double() if keep_graph else r.detach().double().requires_grad_()
             (d1,) = torch.autograd.grad(f(r_).sum(), r_, create_graph=True)
-            (d2,) = torch.autograd.grad(d1.sum(), r_)
-        return (d2 * r_.detach() ** 2).to(r.dtype)
+            (d2,) = torch.autograd.grad(d1.sum(), r_, create_graph=keep_graph)
+            out = d2 * r_**2
+        return (out if keep_graph else out.detach()).to(r.dtype)
 
     return h
+
+
+def h_derivatives(divergence: Divergence, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(h, h', h'') at r in float64, by autograd of the divergence's h (closed form or from a callable f)."""
+    with torch.enable_grad():
+        r_ = r.detach().double().requires_grad_()
+        h = divergence.h(r_) + 0 * r_                      # + 0·r keeps a graph for constant h (reverse KL)
+        (d1,) = torch.autograd.grad(h.sum(), r_, create_graph=True)
+        d1 = d1 + 0 * r_
+        (d2,) = torch.autograd.grad(d1.sum(), r_)
+    return h.detach(), d1.detach(), d2.detach()
 
 
 def get_divergence(spec) -> Divergence:

@@ -22,6 +22,24 @@ def postprocess(x: torch.Tensor, output_type: str):
     return DiffusionPipeline.numpy_to_pil(images) if output_type == "pil" else images
 
 
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def initial_noise(shape, generator, device, latents=None) -> torch.Tensor:
+    """Seeded unit noise, or the given latents after checking their shape and values."""
+    if latents is None:
+        return randn(shape, generator, device)
+    latents = torch.as_tensor(latents)
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+    if not torch.isfinite(latents).all():
+        raise ValueError("latents hold NaN or Inf values")
+    return latents.to(device).float()
+
+
 def make_class_labels(class_labels, batch_size: int, num_classes, device, generator=None):
     """Labels as a LongTensor [batch]: given (int or list) or, for conditional models, drawn at random."""
     if class_labels is None:
@@ -30,7 +48,10 @@ def make_class_labels(class_labels, batch_size: int, num_classes, device, genera
         return torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
     if num_classes is None:
         raise ValueError("class_labels given but the model is unconditional")
-    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+    labels = torch.as_tensor(class_labels).reshape(-1)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"class_labels must be integers, got {labels.dtype} values (e.g. {labels[:3].tolist()})")
+    labels = labels.long()
     if labels.numel() == 1:
         labels = labels.expand(batch_size)
     if labels.numel() != batch_size:

@@ -1,14 +1,13 @@
 """Multi-step sampling of a gendiv denoiser with diffusers' EDM schedulers."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from diffusers import EDMEulerScheduler
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..condition import Condition
 from ..models.denoiser import sample_shape
-from .output import make_class_labels, postprocess, randn
+from .output import check_batch_size, initial_noise, make_class_labels, postprocess
 
 
 class GenDivPipeline(DiffusionPipeline):
@@ -55,13 +54,14 @@ class GenDivPipeline(DiffusionPipeline):
             output_type: ``"pil"`` (images), ``"np"`` or ``"pt"``; images are mapped from [-1, 1] to [0, 1].
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
         """
+        batch_size = check_batch_size(batch_size)
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         device = self._execution_device
         shape = sample_shape(self.denoiser, batch_size)
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
         cond = None if labels is None else Condition(class_labels=labels)
-        x = randn(shape, generator, device) if latents is None else latents.to(device).float()
-        if tuple(x.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(x.shape)}")
+        x = initial_noise(shape, generator, device, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = x * self.scheduler.sigmas[0].to(device)
         for t in self.progress_bar(self.scheduler.timesteps):

@@ -5,7 +5,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 from ..condition import Condition
-from .output import make_class_labels, postprocess, randn
+from .output import check_batch_size, initial_noise, make_class_labels, postprocess, randn
 
 
 class OneStepPipeline(DiffusionPipeline):
@@ -36,13 +36,12 @@ class OneStepPipeline(DiffusionPipeline):
             output_type: ``"pil"`` (images), ``"np"`` or ``"pt"``.
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
         """
+        batch_size = check_batch_size(batch_size)
         device = self._execution_device
         shape = self.student.sample_shape(batch_size)
         labels = make_class_labels(class_labels, batch_size, self.student.num_classes, device, generator)
         cond = None if labels is None else Condition(class_labels=labels)
-        z = randn(shape, generator, device) if latents is None else latents.to(device).float()
-        if tuple(z.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(z.shape)}")
+        z = initial_noise(shape, generator, device, latents)
         sigmas = list(renoise_sigmas or [])
         if any(s <= 0 for s in sigmas) or any(a <= b for a, b in zip(sigmas, sigmas[1:])):
             raise ValueError(f"renoise_sigmas must be positive and decreasing, got {sigmas}")

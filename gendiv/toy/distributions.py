@@ -11,8 +11,10 @@ import math
 import torch
 from torch import nn
 
+from diffusers.configuration_utils import FrozenDict
+
 from ..condition import Condition, as_condition
-from ..space import as_sigma_batch
+from ..space import as_sigma_batch, sigma_dtype
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -118,42 +120,65 @@ class ComponentMixture:
 
 
 class GaussianMixture(ComponentMixture):
-    """Σ_k π_k N(μ_k, diag(v_k)); noised: N(μ_k, diag(v_k + σ²)), posterior mean μ_k + v_k/(v_k+σ²)(x − μ_k)."""
+    """Σ_k π_k N(μ_k, Σ_k) with diagonal (``variances``: scalar, [K] or [K, d]) or full (``covariances``: [K, d, d])
+    covariances. With Σ_k = U_k Λ_k U_kᵀ the noised component is N(μ_k, U_k(Λ_k + σ²)U_kᵀ), and its posterior mean
+    is μ_k + U_k·Λ_k/(Λ_k + σ²)·U_kᵀ(x − μ_k); diagonal covariances are the case U_k = I (no rotation is applied)."""
 
-    def __init__(self, means, variances, weights=None, component_class=None, name: str = "gaussian_mixture"):
+    def __init__(self, means, variances=None, weights=None, component_class=None, name: str = "gaussian_mixture",
+                 covariances=None):
         self.means = torch.as_tensor(means, dtype=torch.float64)
         k, d = self.means.shape
-        v = torch.as_tensor(variances, dtype=torch.float64)
-        if v.ndim == 0:
-            v = v.expand(k, d)
-        elif v.ndim == 1 and v.numel() == k:
-            v = v[:, None].expand(k, d)
-        if v.shape != (k, d):
-            raise ValueError(f"variances must be a scalar, [K] or [K, d] = [{k}, {d}], got {tuple(v.shape)}")
-        self.variances = v.clone()
+        if (variances is None) == (covariances is None):
+            raise ValueError("give either variances (diagonal) or covariances [K, d, d] (full)")
+        self.rotations = None  # U_k, None for diagonal covariances
+        if covariances is not None:
+            cov = torch.as_tensor(covariances, dtype=torch.float64)
+            if cov.shape != (k, d, d):
+                raise ValueError(f"covariances must have shape [K, d, d] = [{k}, {d}, {d}], got {tuple(cov.shape)}")
+            if not torch.allclose(cov, cov.transpose(1, 2), atol=1e-12):
+                raise ValueError("covariances must be symmetric")
+            v, self.rotations = torch.linalg.eigh(cov)
+        else:
+            v = torch.as_tensor(variances, dtype=torch.float64)
+            if v.ndim == 0:
+                v = v.expand(k, d)
+            elif v.ndim == 1 and v.numel() == k:
+                v = v[:, None].expand(k, d)
+            if v.shape != (k, d):
+                raise ValueError(f"variances must be a scalar, [K] or [K, d] = [{k}, {d}], got {tuple(v.shape)}")
+        self.variances = v.clone()  # eigenvalues Λ_k for full covariances
         if (self.variances <= 0).any():
-            raise ValueError("variances must be > 0")
+            raise ValueError("variances (covariance eigenvalues) must be > 0")
         self.dim = d
         super().__init__(torch.ones(k) if weights is None else weights, component_class, name)
 
+    def _rotate(self, diff):  # [B, K, d] → coordinates in each component's eigenbasis, U_kᵀ(x − μ_k)
+        return diff if self.rotations is None else torch.einsum("kde,bkd->bke", self.rotations, diff)
+
+    def _unrotate(self, y):
+        return y if self.rotations is None else torch.einsum("kde,bke->bkd", self.rotations, y)
+
     def _component_log_prob(self, x, sigma):
         var = self.variances[None] + sigma[:, None, None] ** 2  # [B, K, d]
-        diff = x[:, None, :] - self.means[None]
-        return -0.5 * (LOG_2PI + var.log() + diff**2 / var).sum(-1)
+        y = self._rotate(x[:, None, :] - self.means[None])
+        return -0.5 * (LOG_2PI + var.log() + y**2 / var).sum(-1)
 
     def _component_mean(self, x, sigma):
         var = self.variances[None]
         shrink = var / (var + sigma[:, None, None] ** 2)
-        return self.means[None] + shrink * (x[:, None, :] - self.means[None])
+        return self.means[None] + self._unrotate(shrink * self._rotate(x[:, None, :] - self.means[None]))
 
     def _sample_components(self, k, generator):
         z = torch.randn(k.shape[0], self.dim, generator=generator, dtype=torch.float64)
-        return self.means[k] + self.variances[k].sqrt() * z
+        y = self.variances[k].sqrt() * z
+        if self.rotations is not None:
+            y = torch.einsum("nde,ne->nd", self.rotations[k], y)
+        return self.means[k] + y
 
     def component_contains(self, x):
         """Within the 99.9% ellipsoid of component k (χ² quantile with d degrees of freedom)."""
         x64 = x.detach().cpu().to(torch.float64)
-        m2 = ((x64[:, None, :] - self.means[None]) ** 2 / self.variances[None]).sum(-1)
+        m2 = (self._rotate(x64[:, None, :] - self.means[None]) ** 2 / self.variances[None]).sum(-1)
         return m2 <= _chi2_quantile(self.dim, 0.999)
 
 
@@ -182,14 +207,14 @@ class BoxMixture(ComponentMixture):
 
     def _log_mass(self, x, sigma):
         """log[Φ(b) − Φ(a)] with a = (lo−x)/σ, b = (hi−x)/σ, stable on both tails; also a, b."""
-        s = sigma[:, None, None].clamp_min(1e-12)
+        s = sigma[:, None, None].clamp_min(1e-300)
         a = (self.lows[None] - x[:, None, :]) / s
         b = (self.highs[None] - x[:, None, :]) / s
         # For a > 0 use the mirrored form Φ(−a) − Φ(−b) to avoid cancellation in the upper tail.
         upper = a > 0
         hi_term = torch.where(upper, torch.special.log_ndtr(-a), torch.special.log_ndtr(b))
         lo_term = torch.where(upper, torch.special.log_ndtr(-b), torch.special.log_ndtr(a))
-        log_mass = hi_term + torch.log1p(-torch.exp(lo_term - hi_term).clamp(max=1 - 1e-300))
+        log_mass = hi_term + torch.log(-torch.expm1(lo_term - hi_term))
         return log_mass, a, b, s
 
     def _component_log_prob(self, x, sigma):
@@ -197,10 +222,9 @@ class BoxMixture(ComponentMixture):
         return (log_mass - (self.highs - self.lows).log()[None]).sum(-1)
 
     def _component_mean(self, x, sigma):
-        log_mass, a, b, s = self._log_mass(x, sigma)
-        log_phi = lambda u: -0.5 * u**2 - 0.5 * LOG_2PI  # noqa: E731
-        score = (torch.exp(log_phi(a) - log_mass) - torch.exp(log_phi(b) - log_mass)) / s
-        return x[:, None, :] + s**2 * score
+        """E[x₀ | x, k] per coordinate: the mean of N(x, σ²) truncated to [lo, hi], x + σ·(φ(a) − φ(b))/(Φ(b) − Φ(a))."""
+        _, a, b, s = self._log_mass(x, sigma)
+        return x[:, None, :] + s * truncated_normal_shift(a, b)
 
     def _sample_components(self, k, generator):
         u = torch.rand(k.shape[0], self.dim, generator=generator, dtype=torch.float64)
@@ -209,6 +233,35 @@ class BoxMixture(ComponentMixture):
     def component_contains(self, x):
         x64 = x.detach().cpu().to(torch.float64)[:, None, :]
         return ((x64 >= self.lows[None]) & (x64 <= self.highs[None])).all(-1)
+
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _upper_tail_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(φ(a) − φ(b))/(Φ(b) − Φ(a)) for 0 ≤ a < b, through the scaled erfc (erfcx): with E = exp(−(b² − a²)/2),
+    the ratio is √(2/π)·(1 − E)/(erfcx(a/√2) − E·erfcx(b/√2)); every term is O(1), so nothing cancels or underflows."""
+    e = torch.exp(-0.5 * (b - a) * (b + a))
+    return _SQRT_2_OVER_PI * (-torch.expm1(-0.5 * (b - a) * (b + a))) / (
+        torch.special.erfcx(a / _SQRT_2) - e * torch.special.erfcx(b / _SQRT_2))
+
+
+def truncated_normal_shift(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(φ(a) − φ(b))/(Φ(b) − Φ(a)): the mean of a standard normal truncated to [a, b], stable for any a < b.
+
+    Both tails use the erfcx (Mills-ratio) form, by symmetry for b < 0; an interval containing 0 has mass ≥ that of
+    [0, min(|a|, b)] and is computed directly.
+    """
+    upper = a > 0
+    lower = b < 0
+    a_up = torch.where(upper, a, torch.ones_like(a))
+    b_up = torch.where(upper, b, torch.full_like(b, 2.0))
+    a_lo = torch.where(lower, -b, torch.ones_like(b))
+    b_lo = torch.where(lower, -a, torch.full_like(a, 2.0))
+    mid = (torch.exp(-0.5 * a**2) - torch.exp(-0.5 * b**2)) / math.sqrt(2 * math.pi) / (
+        torch.special.ndtr(b) - torch.special.ndtr(a))
+    return torch.where(upper, _upper_tail_shift(a_up, b_up), torch.where(lower, -_upper_tail_shift(a_lo, b_lo), mid))
 
 
 class AnalyticDenoiser(nn.Module):
@@ -223,8 +276,22 @@ class AnalyticDenoiser(nn.Module):
     def num_classes(self):
         return self.distribution.num_classes
 
+    @property
+    def config(self) -> FrozenDict:
+        """What pipelines and trainers read of a denoiser's config (a network denoiser has more)."""
+        return FrozenDict(dim=self.distribution.dim, num_classes=self.distribution.num_classes, scalar_names=[],
+                          sigma_data=0.5, parameterization="analytic", distribution=self.distribution.name)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device_anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64  # computed in float64 on the CPU, returned in the input's dtype
+
     def forward(self, x, sigma, cond=None, return_features: bool = False):
-        sigma = as_sigma_batch(sigma, x.shape[0], device=x.device)
+        sigma = as_sigma_batch(sigma, x.shape[0], device=x.device, dtype=sigma_dtype(x, sigma))
         out = self.distribution.denoise(x, sigma.detach(), cond)
         return (out, None) if return_features else out
 

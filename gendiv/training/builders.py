@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models import MLPDenoiser, UNetDenoiser
+from .config import check
 from .data import build_source
 
 
@@ -15,6 +16,13 @@ class DataConfig:
     image_size: int | None = None          # resize images to this square size
     channels: int | None = None            # image folders: 1 or 3 (default: from the files)
     use_labels: bool = True                # class-conditional when the data has labels
+
+    def __post_init__(self):
+        check(self.image_size is None or self.image_size >= 1, f"data.image_size must be ≥ 1, got {self.image_size}")
+        check(self.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {self.channels}")
+        kind = self.source.partition(":")[0]
+        check(self.source == "" or kind in ("toy", "digits", "mnist", "folder", "npz"),
+              f"data.source: unknown data source {self.source!r}; use toy:<name>, digits, mnist, folder:<path> or npz:<path>")
 
 
 @dataclass
@@ -31,6 +39,17 @@ class ModelConfig:
     prediction_type: str = "epsilon"
     scalar_names: list = field(default_factory=list)  # extra scalar conditions (unet_cond only)
     time_cond_proj_dim: int = 64
+
+    def __post_init__(self):
+        check(self.kind in ("auto", "mlp", "unet", "unet_cond"),
+              f"model.kind must be auto, mlp, unet or unet_cond, got {self.kind!r}")
+        check(self.hidden >= 1 and self.depth >= 0, f"model.hidden must be ≥ 1 and model.depth ≥ 0, got {self.hidden}, {self.depth}")
+        check(len(self.block_out_channels) >= 1 and all(isinstance(c, int) and c >= 1 for c in self.block_out_channels),
+              f"model.block_out_channels must be a list of positive integers, got {self.block_out_channels!r}")
+        check(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+              f"model.block_out_channels {self.block_out_channels} must be divisible by model.norm_num_groups={self.norm_num_groups}")
+        check(self.layers_per_block >= 1, f"model.layers_per_block must be ≥ 1, got {self.layers_per_block}")
+        check(0 <= self.dropout < 1, f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 def build_data(cfg: DataConfig):

@@ -56,13 +56,16 @@ def seal_checkpoint(root: Path, step: int, keep: int = 2) -> Path:
     tmp = tmp_dir_for(root, step)
     final = root / f"step-{step:08d}"
     write_manifest(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # a damaged checkpoint of the same step (resumed from an older one): keep it, renamed
+        n = 1
+        while final.with_name(f"{final.name}.damaged-{n}").exists():
+            n += 1
+        os.replace(final, final.with_name(f"{final.name}.damaged-{n}"))
     os.replace(tmp, final)
     pointer_tmp = root / f".{LATEST}.tmp"
     pointer_tmp.write_text(final.name)
     os.replace(pointer_tmp, root / LATEST)
-    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final)
+    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final and "." not in p.name)
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
@@ -79,3 +82,21 @@ def latest_checkpoint(root: Path) -> Path | None:
         raise CheckpointError(f"{pointer} names {folder.name}, which does not exist")
     verify_checkpoint(folder)
     return folder
+
+
+def latest_intact_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, falling back from a damaged one to older ones.
+
+    Returns (folder or None, problems found on the way), so the caller can say which checkpoint was skipped and why.
+    """
+    root = Path(root)
+    problems: list[str] = []
+    # newest first: a run killed between sealing a step and moving ``latest`` still has that step complete
+    candidates = sorted((p for p in root.glob("step-*") if p.is_dir() and "." not in p.name), reverse=True)
+    for folder in candidates:
+        try:
+            verify_checkpoint(folder)
+            return folder, problems
+        except CheckpointError as e:
+            problems.append(str(e))
+    return None, problems

@@ -27,23 +27,80 @@ def _build(cls, data: dict, where: str):
             kwargs[name] = _build(hint, value or {}, f"{where}.{name}" if where else name)
         else:
             kwargs[name] = _coerce(value, hint, f"{where}.{name}" if where else name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)  # __post_init__ validates ranges and cross-field rules
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_optimizer(section: str, lrs: list, betas, weight_decay: float, ema_decay: float):
+    """Learning rates > 0, two Adam betas in [0, 1), weight decay ≥ 0, EMA decay in [0, 1]."""
+    for name, lr in lrs:
+        check(lr > 0, f"{section}.{name} must be > 0, got {lr}")
+    check(isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+          f"{section}.betas must be two numbers in [0, 1) (e.g. [0.9, 0.99]), got {betas!r}")
+    check(weight_decay >= 0, f"{section}.weight_decay must be ≥ 0, got {weight_decay}")
+    check(0 <= ema_decay <= 1, f"{section}.ema_decay must be in [0, 1], got {ema_decay}")
+
+
+def check(condition: bool, message: str):
+    """Config validation in __post_init__: raise ConfigError(message) unless ``condition``."""
+    if not condition:
+        raise ConfigError(message)
 
 
 def _coerce(value, hint, where: str):
-    """YAML reads '3e-4' as a string; numbers are converted by the field's declared type, with a clear error."""
+    """Check a value against the field's declared type, converting what YAML leaves as text ('3e-4', '1e1').
+
+    Integers must be whole (2.5 for a step count is an error, not a silent truncation); booleans are not numbers.
+    """
     types = typing.get_args(hint) or (hint,)
-    if value is None or not isinstance(value, str) or str in types:
-        return value
-    for t in (int, float):
-        if t in types:
+    if value is None:
+        if type(None) in types or hint is typing.Any:
+            return None
+        raise ConfigError(f"{where}: must not be null")
+    if isinstance(value, bool):
+        if bool in types:
+            return value
+        raise ConfigError(f"{where}: expected {_type_name(types)}, got {value!r}")
+    if int in types and float not in types:
+        number = value
+        if isinstance(value, str):
             try:
-                return t(value)
+                number = float(value)
             except ValueError:
-                pass
-    if int in types or float in types:
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+                raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
+        if isinstance(number, int):
+            return number
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if float in types:
+        if isinstance(value, (int, float)):
+            return float(value) if not (int in types and isinstance(value, int)) else value
+        if isinstance(value, str) and str not in types:
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if str in types and isinstance(value, str):
+        return value
+    if (list in types or typing.get_origin(hint) is list) and isinstance(value, (list, tuple)):
+        return list(value)
+    if dict in types and isinstance(value, dict):
+        return value
+    if str in types and isinstance(value, (int, float)) and len(types) == 1:
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if any(t in types for t in (int, float, str, list, dict)):
+        raise ConfigError(f"{where}: expected {_type_name(types)}, got {value!r}")
     return value
+
+
+def _type_name(types) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping", bool: "true/false"}
+    return " or ".join(names[t] for t in types if t in names) or "a value"
 
 
 def to_dict(cfg) -> dict:
@@ -66,28 +123,42 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
         _merge(data, loaded, "", cls)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. train.steps=100)")
         key, raw = item.split("=", 1)
         patch: dict = {}
-        _set_dotted(patch, key.strip(), yaml.safe_load(raw))
-        _merge(data, patch, "", cls)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(patch, key.strip(), value)
+        # section.key=value updates a mapping section key by key; section={...} replaces it whole
+        _merge(data, patch, "", cls, merge_mappings="." in key)
     return _build(cls, data, "")
 
 
-def _merge(base: dict, patch: dict, where: str, cls):
+def _merge(base: dict, patch: dict, where: str, cls, merge_mappings: bool = False):
+    """Patch ``base`` in place. A free-form mapping field (e.g. ``method``) is replaced by a file's section but
+    updated key by key by command-line overrides (``method.divergence=fkl`` keeps ``method.name``)."""
     if not isinstance(patch, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping")
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {patch!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for k, v in patch.items():
         if k not in fields:
             raise ConfigError(f"unknown config key {k!r} in {where or 'the top level'}; allowed keys: {sorted(fields)}")
         if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
-            _merge(base[k], v, f"{where}.{k}" if where else k, hints[k])
+            _merge(base[k], v, f"{where}.{k}" if where else k, hints[k], merge_mappings)
+        elif merge_mappings and isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
         else:
             base[k] = v
 

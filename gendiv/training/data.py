@@ -33,6 +33,14 @@ class TensorSource:
             raise ValueError(f"{name}: images must be [N, C, H, W], got {tuple(images.shape)}")
         if len(images) == 0:
             raise ValueError(f"{name}: no images")
+        bad = (~torch.isfinite(images.float())).flatten(1).any(1)
+        if bad.any():
+            raise ValueError(f"{name}: {int(bad.sum())} of {len(images)} images hold NaN or Inf values "
+                             f"(first: index {int(bad.nonzero()[0])}); clean the data before training")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{name}: {len(labels)} labels for {len(images)} images; they must match one to one")
+        if labels is not None and (labels < 0).any():
+            raise ValueError(f"{name}: labels must be ≥ 0, found {int(labels.min())}")
         self.images, self.labels, self.num_classes, self.name = images.float(), labels, num_classes, name
         self.shape = tuple(images.shape[1:])
         self.is_image = True
@@ -101,8 +109,22 @@ def load_npz(path: str | Path, image_size: int | None = None) -> TensorSource:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.transpose(0, 3, 1, 2)
-    x = _to_unit_range(arr, 255.0) if arr.dtype == np.uint8 else torch.from_numpy(arr.astype(np.float32))
-    labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    if arr.dtype == np.uint8:
+        x = _to_unit_range(arr, 255.0)
+    elif np.issubdtype(arr.dtype, np.floating):
+        finite = arr[np.isfinite(arr)]
+        if finite.size and (finite.min() < -1.01 or finite.max() > 1.01):
+            raise ValueError(f"{path}: float images must lie in [-1, 1], found {finite.min():g}..{finite.max():g} "
+                             "(0–255 values? store them as uint8, or scale to [-1, 1])")
+        x = torch.from_numpy(arr.astype(np.float32))
+    else:
+        raise ValueError(f"{path}: images must be uint8 (0–255) or floats in [-1, 1], got dtype {arr.dtype}")
+    labels = None
+    if "labels" in data:
+        raw = data["labels"]
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"{path}: labels must be integers, got dtype {raw.dtype}")
+        labels = torch.from_numpy(raw.reshape(-1)).long()
     return TensorSource(_resize(x, image_size), labels, None if labels is None else int(labels.max()) + 1, f"npz:{path}")
 
 

@@ -9,10 +9,11 @@ from ..condition import Condition
 from ..objectives import denoising_loss
 from ..pipelines import GenDivPipeline
 from ..plotting import image_grid, scatter_plot
-from ..sampling import sample
+from ..sampling import SAMPLERS, sample
+from ..space import SIGMA_SAMPLERS
 from ..toy import exact_metrics
 from .builders import DataConfig, ModelConfig, build_data, build_model
-from .config import to_dict
+from .config import check, check_optimizer, to_dict
 from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
@@ -26,12 +27,23 @@ class OptimConfig:
     sigma_sampler: str = "lognormal"  # lognormal | karras_index | log_uniform
     cond_drop_prob: float = 0.1       # label → null class, so the model also learns p(x) for guidance
 
+    def __post_init__(self):
+        check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay)
+        check(self.sigma_sampler in SIGMA_SAMPLERS,
+              f"optim.sigma_sampler must be one of {sorted(SIGMA_SAMPLERS)}, got {self.sigma_sampler!r}")
+        check(0 <= self.cond_drop_prob <= 1, f"optim.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
+
 
 @dataclass
 class EvalConfig:
     num_samples: int = 2000
     num_steps: int = 18               # Heun with 18 steps = 35 network evaluations (EDM)
     sampler: str = "heun"
+
+    def __post_init__(self):
+        check(self.num_samples >= 1, f"eval.num_samples must be ≥ 1, got {self.num_samples}")
+        check(self.num_steps >= 1, f"eval.num_steps must be ≥ 1, got {self.num_steps}")
+        check(self.sampler in SAMPLERS, f"eval.sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
 
 
 @dataclass
@@ -95,9 +107,10 @@ class DiffusionTrainer(TrainingLoop):
             cond = None if labels is None else Condition(class_labels=labels)
             metrics = exact_metrics(dist, x.cpu(), ref, cond=cond)
             scatter_plot(self.out / f"samples_{tag}.png", {"data (exact)": ref, f"teacher, {2 * self.cfg.eval.num_steps - 1} NFE": x},
-                         title=f"{dist.name} — step {self.step}")
+                         title=f"{dist.name} — step {self.step}", reference=ref)
             return metrics
-        image_grid(self.out / f"samples_{tag}.png", x)
+        image_grid(self.out / f"samples_{tag}.png", x, title=f"teacher samples ({self.cfg.eval.sampler}, "
+                   f"{self.cfg.eval.num_steps} steps), step {self.step}")
         return {}
 
     def export(self):

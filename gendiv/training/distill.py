@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,16 +15,15 @@ import torch
 
 from ..condition import Condition
 from ..guidance import ClassifierFreeGuidance
-from ..models import DiscriminatorHead, OneStepGenerator, discriminator_loss
-from ..objectives import build_method, denoising_loss, score_difference_step, weighted_denoising_error
+from ..models import DiscriminatorHead, OneStepGenerator
+from ..objectives.distill import DistillBatch, MethodSetup, NetworkFactory, method_class
 from ..pipelines import GenDivPipeline, OneStepPipeline
 from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
-from ..sampling import sample_heun
-from ..space import append_dims, karras_sigmas, sample_sigma
+from ..space import SIGMA_SAMPLERS, sample_sigma
 from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
 from .builders import DataConfig, ModelConfig, build_data, build_model
-from .config import to_dict
+from .config import ConfigError, _build, check, check_optimizer, to_dict
 from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
@@ -33,15 +33,27 @@ class TeacherConfig:
     source: str = "analytic:ring8_imbalanced"  # analytic:<toy name> | pipeline:<folder of a saved GenDivPipeline>
     guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers)
 
+    def __post_init__(self):
+        check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
+        kind = self.source.partition(":")[0]
+        check(kind in ("analytic", "pipeline"),
+              f"teacher.source: unknown teacher source {self.source!r}; use analytic:<toy name> or pipeline:<folder>")
+
 
 @dataclass
 class SigmaConfig:
-    kind: str = "karras_index"                 # karras_index | lognormal | log_uniform
+    kind: str = "karras_index"                 # auto (the method's default) | karras_index | lognormal | log_uniform
     min_index: int = 20                        # karras_index: DMD2 uses [20, 980] of a 1000-point grid
     max_index: int = 980
     num_points: int = 1000
     p_mean: float = -1.2                       # lognormal
     p_std: float = 1.2
+
+    def __post_init__(self):
+        check(self.kind in ("auto", *SIGMA_SAMPLERS), f"sigma kind must be auto or one of {sorted(SIGMA_SAMPLERS)}, got {self.kind!r}")
+        check(self.num_points >= 2 and 0 <= self.min_index <= self.max_index < self.num_points,
+              f"sigma: need 0 ≤ min_index ≤ max_index < num_points, got {self.min_index}, {self.max_index}, {self.num_points}")
+        check(self.p_std > 0, f"sigma: p_std must be > 0, got {self.p_std}")
 
     def kwargs(self) -> dict:
         if self.kind == "karras_index":
@@ -51,29 +63,35 @@ class SigmaConfig:
         return {}
 
 
-@dataclass
-class MethodConfig:
-    name: str = "f_distill"                    # diff_instruct | dmd | dmd2 | f_distill
-    divergence: str = "jensen_shannon"         # f_distill: name, short name or alpha:<a>
-    fake_updates_per_generator_update: int | None = 2     # null: the method's paper default (5 dmd2/f_distill, 1 others)
-    gan_weight_gen: float | None = None        # None: the method's default (3e-3 dmd2, 1e-3 f_distill)
-    gan_weight_disc: float = 1.0               # weight of the discriminator loss added to the fake-score loss
-    logit_clamp: float = 10.0
-    ratio_min: float = 0.1
-    ratio_max: float = 20.0
-    sigma_bins: int = 10
-    bin_ema: float = 0.0
-    regression_weight: float = 0.0             # dmd: MSE to teacher ODE outputs on fixed noise pairs
-    regression_pairs: int = 256
-    kernel_backend: str = "auto"               # auto | eager | compile | triton
+DEFAULT_METHOD = {"name": "f_distill", "fake_updates_per_generator_update": 2}
+
+
+def method_from_config(section: dict):
+    """The ``method:`` section → (method class, its validated options). Unknown keys and bad values are ConfigErrors."""
+    if not isinstance(section, dict) or "name" not in section:
+        raise ConfigError("method: needs a name (e.g. method.name=f_distill)")
+    try:
+        cls = method_class(section["name"])
+    except ValueError as e:
+        raise ConfigError(f"method.name: {e}") from None
+    options = _build(cls.Options, {k: v for k, v in section.items() if k != "name"}, "method")
+    try:
+        options.validate()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
+    return cls, options
 
 
 @dataclass
 class StudentConfig:
-    sigma_init: float = 80.0                   # G(z) = D_θ(σ_init z, σ_init)
+    sigma_init: float | None = None            # G(z) = D_θ(σ_init z, σ_init); None: the method's (80 DMD, 2.5 SiD)
     init_from_teacher: bool = True             # network teachers: generator and fake start as teacher copies
     model: ModelConfig = field(default_factory=ModelConfig)  # architecture when not copied (analytic teachers)
     discriminator_hidden: int = 128
+
+    def __post_init__(self):
+        check(self.sigma_init is None or self.sigma_init > 0, f"student.sigma_init must be > 0, got {self.sigma_init}")
+        check(self.discriminator_hidden >= 1, f"student.discriminator_hidden must be ≥ 1, got {self.discriminator_hidden}")
 
 
 @dataclass
@@ -86,11 +104,20 @@ class DistillOptimConfig:
     ema_decay: float = 0.99
     fake_warmup_steps: int = 200               # fake-score (and discriminator) steps before the first generator step
 
+    def __post_init__(self):
+        check_optimizer("optim", [("lr_generator", self.lr_generator), ("lr_fake", self.lr_fake),
+                                  ("lr_discriminator", self.lr_discriminator)], self.betas, self.weight_decay, self.ema_decay)
+        check(self.fake_warmup_steps >= 0, f"optim.fake_warmup_steps must be ≥ 0, got {self.fake_warmup_steps}")
+
 
 @dataclass
 class DistillEvalConfig:
     num_samples: int = 2000
     teacher_steps: int = 18                    # the teacher's Heun sampler: 2·18 − 1 = 35 NFE
+
+    def __post_init__(self):
+        check(self.num_samples >= 1, f"eval.num_samples must be ≥ 1, got {self.num_samples}")
+        check(self.teacher_steps >= 1, f"eval.teacher_steps must be ≥ 1, got {self.teacher_steps}")
 
 
 @dataclass
@@ -100,12 +127,16 @@ class DistillConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source=""))  # real data for the discriminator
     student: StudentConfig = field(default_factory=StudentConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    # toy defaults: EDM's lognormal σ; image configs use DMD2's Karras-index range (karras_index, [20, 980])
-    sigma_generator: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="lognormal"))
+    method: dict = field(default_factory=lambda: dict(DEFAULT_METHOD))  # name + that method's options
+    # auto: the method's default (EDM's lognormal σ for the DMD family, SiD's Karras range for SiD-type methods);
+    # image configs use DMD2's Karras-index range (karras_index, [20, 980])
+    sigma_generator: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="auto"))
     sigma_fake: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="lognormal", min_index=0, max_index=999))
     optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
     eval: DistillEvalConfig = field(default_factory=DistillEvalConfig)
+
+    def __post_init__(self):
+        method_from_config(self.method)  # validated when the config is loaded, before any work
 
 
 def load_teacher(spec: str):
@@ -117,60 +148,94 @@ def load_teacher(spec: str):
         path = Path(arg)
         if not (path / "model_index.json").is_file():
             raise ValueError(f"teacher pipeline not found: {path} has no model_index.json")
+        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
+        if class_name == "OneStepPipeline":
+            raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
+                             "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
+        if class_name != "GenDivPipeline":
+            raise ValueError(f"teacher.source: {path} holds a {class_name}; gendiv can use a GenDivPipeline folder "
+                             "as teacher (written by gendiv train)")
         return GenDivPipeline.from_pretrained(str(path)).denoiser, ""
     raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name> or pipeline:<folder>")
 
 
+class _Factory(NetworkFactory):
+    """Auxiliary networks for a method: score networks start as trainable teacher copies (network teachers) or
+    as fresh ``student.model`` networks (analytic teachers); heads are sized on a network's bottleneck."""
+
+    def __init__(self, trainer: "DistillTrainer", teacher):
+        self.trainer, self.teacher = trainer, teacher
+
+    def fresh(self) -> bool:
+        return isinstance(self.teacher, AnalyticDenoiser) or not self.trainer.cfg.student.init_from_teacher
+
+    def score_network(self):
+        t = self.trainer
+        if self.fresh():
+            return build_model(t.cfg.student.model, t.source)
+        return copy.deepcopy(self.teacher).requires_grad_(True).train()
+
+    def discriminator_head(self, on):
+        x_ex, _ = self.trainer.source.sample_batch(1, torch.Generator().manual_seed(0))
+        return DiscriminatorHead.for_denoiser(on, x_ex, hidden=self.trainer.cfg.student.discriminator_hidden)
+
+
 class DistillTrainer(TrainingLoop):
+    """Generator + whatever auxiliary networks the method declares, each with its own optimiser
+    (``optim.lr_<network name>``); the method supplies both losses and its update ratio."""
+
     def __init__(self, cfg: DistillConfig):
+        method_cls, options = method_from_config(cfg.method)
         super().__init__(cfg.run, to_dict(cfg))
         self.cfg = cfg
-        acc, dev = self.accelerator, self.accelerator.device
+        acc = self.accelerator
         teacher, default_data = load_teacher(cfg.teacher.source)
-        self.teacher = teacher.to(dev).eval().requires_grad_(False)
+        self.teacher = teacher.to(acc.device).eval().requires_grad_(False)
         data_source = cfg.data.source or default_data
         if not data_source:
-            raise ValueError("a network teacher needs real data for the discriminator and evaluation: set data.source")
+            raise ConfigError("a network teacher needs real data for the discriminator and evaluation: set data.source")
         self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
 
-        m = cfg.method
-        kw = dict(kernel_backend=m.kernel_backend)
-        if m.gan_weight_gen is not None:
-            kw["gan_weight_gen"] = m.gan_weight_gen
-        if m.name == "f_distill":
-            kw.update(divergence=m.divergence, logit_clamp=m.logit_clamp, ratio_min=m.ratio_min, ratio_max=m.ratio_max,
-                      sigma_bins=m.sigma_bins, bin_ema=m.bin_ema)
-        if m.name in ("dmd", "dmd2", "f_distill") and m.regression_weight:
-            kw["regression_weight"] = m.regression_weight
-        self.method = build_method(m.name, **kw)
-        self.fake_per_gen = m.fake_updates_per_generator_update or self.method.default_fake_updates
+        self.method = method_cls(options)
+        self.fake_per_gen = self.method.fake_updates
+        sigma_gen = cfg.sigma_generator
+        self.sigma_configs = {"generator": SigmaConfig(**self.method.default_sigma_generator) if sigma_gen.kind == "auto"
+                              else sigma_gen, "fake": cfg.sigma_fake}
+        sigma_init = cfg.student.sigma_init if cfg.student.sigma_init is not None else self.method.default_sigma_init
 
-        if isinstance(teacher, AnalyticDenoiser) or not cfg.student.init_from_teacher:
-            backbone = build_model(cfg.student.model, self.source)
-            generator = OneStepGenerator.from_denoiser(backbone, cfg.student.sigma_init)
-            fake = build_model(cfg.student.model, self.source)
+        factory = _Factory(self, teacher)
+        if factory.fresh():
+            generator = OneStepGenerator.from_denoiser(build_model(cfg.student.model, self.source), sigma_init)
         else:
-            generator = OneStepGenerator.from_denoiser(teacher, cfg.student.sigma_init)
-            fake = copy.deepcopy(teacher).requires_grad_(True).train()
+            generator = OneStepGenerator.from_denoiser(teacher, sigma_init)
         self._check_compatible(generator, teacher)
-        guided = ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
-        self.guided_teacher = guided
+        aux = self.method.build_auxiliaries(factory)
+        self.guided_teacher = ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
 
         o = cfg.optim
         mk = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # noqa: E731
-        opt_g, opt_f = mk(generator.parameters(), o.lr_generator), mk(fake.parameters(), o.lr_fake)
-        if self.method.uses_discriminator:
-            x_ex, _ = self.source.sample_batch(1, torch.Generator().manual_seed(0))
-            head = DiscriminatorHead.for_denoiser(fake, x_ex, hidden=cfg.student.discriminator_hidden)
-            opt_d = mk(head.parameters(), o.lr_discriminator)
-            self.generator, self.fake, self.head, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
-                generator, fake, head, opt_g, opt_f, opt_d)
-        else:
-            self.generator, self.fake, self.opt_g, self.opt_f = acc.prepare(generator, fake, opt_g, opt_f)
-            self.head = self.opt_d = None
+        names, modules, optimizers = ["generator"], [generator], [mk(generator.parameters(), o.lr_generator)]
+        for name, module in aux.items():
+            params = [p for p in module.parameters() if p.requires_grad]
+            names.append(name)
+            modules.append(module)
+            if params:
+                if not hasattr(o, f"lr_{name}"):
+                    raise ConfigError(f"method {self.method.name} trains a network {name!r} but optim has no lr_{name}")
+                optimizers.append(mk(params, getattr(o, f"lr_{name}")))
+            else:
+                optimizers.append(None)  # parameter-free (e.g. SiDA's encoder discriminator)
+        prepared = acc.prepare(*modules, *[opt for opt in optimizers if opt is not None])
+        prepared_modules, prepared_opts = list(prepared[:len(modules)]), iter(prepared[len(modules):])
+        self.nets = dict(zip(names, prepared_modules))
+        self.optimizers = {n: (next(prepared_opts) if opt is not None else None) for n, opt in zip(names, optimizers)}
+        self.generator = self.nets.pop("generator")
+        self.opt_g = self.optimizers.pop("generator")
         self.ema_generator = self.add_ema("generator", self.generator, o.ema_decay)
         self.extra_state.update(self.method.state_modules())
-        self.regression_pairs = self._make_regression_pairs() if getattr(self.method, "regression_weight", 0) else None
+        self.method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=acc.unwrap_model(self.generator).sample_shape,
+                                        num_classes=self.source.num_classes, seed=self.run.seed, device=acc.device,
+                                        teacher_steps=cfg.eval.teacher_steps))
         self._teacher_reference = None
 
     # -- set-up checks -----------------------------------------------------------------------------
@@ -197,63 +262,39 @@ class DistillTrainer(TrainingLoop):
             labels = draw_labels(self.source, batch, self.gen)
         return Condition(class_labels=labels.to(self.accelerator.device))
 
-    def _sigma(self, cfg: SigmaConfig, batch: int) -> torch.Tensor:
+    def _sigma(self, which: str, batch: int) -> torch.Tensor:
+        cfg = self.sigma_configs[which]
         return sample_sigma(cfg.kind, batch, generator=self.gen, **cfg.kwargs()).to(self.accelerator.device)
 
     def _z(self, batch: int) -> torch.Tensor:
         shape = self.accelerator.unwrap_model(self.generator).sample_shape(batch)
         return torch.randn(shape, generator=self.gen).to(self.accelerator.device)
 
-    @torch.no_grad()
-    def _make_regression_pairs(self):
-        """DMD's regression targets: the teacher's deterministic ODE output for fixed noise (MSE instead of LPIPS)."""
-        n = self.cfg.method.regression_pairs
-        g = torch.Generator().manual_seed(self.run.seed + 123)
-        cond = None if self.source.num_classes is None else Condition(class_labels=torch.randint(0, self.source.num_classes, (n,), generator=g))
-        z = torch.randn(self.accelerator.unwrap_model(self.generator).sample_shape(n), generator=g)
-        sigmas = karras_sigmas(self.cfg.eval.teacher_steps, device=self.accelerator.device)
-        x = sample_heun(self.guided_teacher, z.to(self.accelerator.device) * sigmas[0], sigmas, cond=cond)
-        return z, x, cond
+    def _real(self, batch: int):
+        x_real, labels = self.source.sample_batch(batch, self.gen)
+        return x_real.to(self.accelerator.device), self._labels_cond(batch, labels)
+
+    def _batch(self, x, cond) -> DistillBatch:
+        return DistillBatch(x=x, cond=cond, teacher=self.guided_teacher, generator=self.generator, rng=self.gen,
+                            draw_sigma=self._sigma, draw_real=self._real, step=self.step)
 
     # -- the two updates -----------------------------------------------------------------------------
-    def fake_step(self) -> dict:
-        """Fake score: EDM denoising on detached generator samples; discriminator: logistic loss, same forward."""
-        acc, dev, bs = self.accelerator, self.accelerator.device, self.run.batch_size
+    def auxiliary_step(self) -> dict:
+        """The method's auxiliary networks (fake score, discriminator, ...) on detached generator samples."""
+        acc, bs = self.accelerator, self.run.batch_size
         cond = self._labels_cond(bs)
         with torch.no_grad(), acc.autocast():
             x_fake = self.generator(self._z(bs), cond).float()
-        sigma = self._sigma(self.cfg.sigma_fake, bs)
-        noise = torch.randn(x_fake.shape, generator=self.gen).to(dev)
-        metrics = {}
         with acc.autocast():
-            if self.head is None:
-                loss = denoising_loss(self.fake, x_fake, cond, sigma=sigma, noise=noise)
-                metrics["fake_loss"] = float(loss.detach())
-            else:
-                # one fake-network pass over [generated; real] so DDP sees a single forward per backward
-                x_real, real_labels = self.source.sample_batch(bs, self.gen)
-                real_cond = self._labels_cond(bs, real_labels)
-                sigma_real = self._sigma(self.cfg.sigma_generator, bs)
-                sigma_gan = self._sigma(self.cfg.sigma_generator, bs)
-                noise_gan = torch.randn(x_fake.shape, generator=self.gen).to(dev)
-                x_in = torch.cat([x_fake + append_dims(sigma, x_fake.ndim) * noise,
-                                  x_fake + append_dims(sigma_gan, x_fake.ndim) * noise_gan,
-                                  x_real.to(dev) + append_dims(sigma_real, x_fake.ndim) * torch.randn(x_fake.shape, generator=self.gen).to(dev)])
-                all_cond = None if cond is None else Condition.cat([cond, cond, real_cond])
-                denoised, feats = self.fake(x_in, torch.cat([sigma, sigma_gan, sigma_real]), all_cond, return_features=True)
-                dsm = weighted_denoising_error(denoised[:bs], x_fake, sigma).mean()
-                logits = self.head(feats[bs:])  # [generated at σ_gan; real at σ_real]
-                d_loss = discriminator_loss(logits[bs:], logits[:bs])
-                loss = dsm + self.cfg.method.gan_weight_disc * d_loss
-                metrics.update(fake_loss=float(dsm.detach()), disc_loss=float(d_loss.detach()),
-                               disc_acc=float(((logits[bs:] > 0).float().mean() + (logits[:bs] < 0).float().mean()).detach() / 2))
-        self.check_finite("fake-score/discriminator loss", loss)
-        self.accelerator.backward(loss)
-        for module, opt, name in ((self.fake, self.opt_f, "fake score"), (self.head, self.opt_d, "discriminator")):
-            if module is None:
+            loss, metrics = self.method.auxiliary_loss(self.nets, self._batch(x_fake, cond))
+        self.check_finite("auxiliary (fake-score/discriminator) loss", loss)
+        acc.backward(loss)
+        for name, module in self.nets.items():
+            opt = self.optimizers[name]
+            if opt is None:
                 continue
             params = [p for p in module.parameters() if p.grad is not None]
-            if self.run.grad_clip:
+            if self.run.grad_clip and params:
                 norm = acc.clip_grad_norm_(params, self.run.grad_clip)
                 self.check_finite(f"gradient norm of {name}", torch.as_tensor(norm))
             opt.step()
@@ -263,37 +304,23 @@ class DistillTrainer(TrainingLoop):
     def generator_step(self) -> dict:
         acc, bs = self.accelerator, self.run.batch_size
         cond = self._labels_cond(bs)
-        fake = acc.unwrap_model(self.fake)
-        head = None if self.head is None else acc.unwrap_model(self.head)
-        fake.requires_grad_(False)
-        if head is not None:
-            head.requires_grad_(False)
+        frozen = {name: acc.unwrap_model(m) for name, m in self.nets.items()}
+        for m in frozen.values():
+            m.requires_grad_(False)
         try:
             with acc.autocast():
                 x = self.generator(self._z(bs), cond).float()
-                sigma = self._sigma(self.cfg.sigma_generator, bs)
-                gan_grad = head is not None and self.method.gan_weight_gen > 0
-                ctx = score_difference_step(x, self.guided_teacher, fake, sigma, cond, discriminator=head,
-                                            gan_grad=gan_grad, generator=self.gen)
-                loss, metrics = self.method.generator_loss(ctx)
-                if self.regression_pairs is not None:
-                    z, target, pcond = self.regression_pairs
-                    idx = torch.randint(0, len(z), (bs,), generator=self.gen)
-                    pc = None if pcond is None else pcond.index(idx).to(acc.device)
-                    reg = torch.nn.functional.mse_loss(self.generator(z[idx].to(acc.device), pc).float(), target[idx])
-                    loss = loss + self.method.regression_weight * reg
-                    metrics["regression_loss"] = float(reg.detach())
+                loss, metrics = self.method.generator_loss(frozen, self._batch(x, cond))
             self.check_finite(f"{self.method.name} generator loss", loss)
             metrics["generator_grad_norm"] = self.clip_and_step(self.generator, self.opt_g, loss, "generator")
         finally:
-            fake.requires_grad_(True)
-            if head is not None:
-                head.requires_grad_(True)
+            for m in frozen.values():
+                m.requires_grad_(True)
         self.update_ema("generator")
         return metrics
 
     def train_step(self) -> dict:
-        metrics = self.fake_step()
+        metrics = self.auxiliary_step()
         s = self.step  # number of completed steps before this one
         if s >= self.cfg.optim.fake_warmup_steps and (s - self.cfg.optim.fake_warmup_steps) % self.fake_per_gen == 0:
             metrics.update(self.generator_step())
@@ -323,21 +350,22 @@ class DistillTrainer(TrainingLoop):
         tag = "final" if final else f"step{self.step:07d}"
         if not isinstance(self.source, ToySource):
             x, _ = self.one_step_samples(64, seed)
-            image_grid(self.out / f"samples_{tag}.png", x)
+            image_grid(self.out / f"samples_{tag}.png", x, title=f"one-step student ({self.method.label}), step {self.step}")
             return {}
         dist = self.source.dist
         x, labels = self.one_step_samples(n, seed)
         ref = dist.sample(n, torch.Generator().manual_seed(seed + 1), class_labels=labels)
-        student = exact_metrics(dist, x, ref)
+        cond = None if labels is None else Condition(class_labels=labels)  # log p(x | c), not log p(x)
+        student = exact_metrics(dist, x, ref, cond=cond)
         if self._teacher_reference is None:
             xt = self.teacher_samples(n, seed + 2, labels)
-            self._teacher_reference = (xt, exact_metrics(dist, xt, ref))
+            self._teacher_reference = (xt, exact_metrics(dist, xt, ref, cond=cond))
         xt, teacher = self._teacher_reference
         nfe = 2 * self.cfg.eval.teacher_steps - 1
-        name = self.method.name + (f" ({self.method.divergence.name})" if hasattr(self.method, "divergence") else "")
+        name = self.method.label
         scatter_plot(self.out / f"samples_{tag}.png",
                      {"truth (exact samples)": ref, f"teacher, {nfe} NFE": xt, f"student {name}, 1 NFE": x},
-                     title=f"{dist.name} — step {self.step}", lim=1.6)
+                     title=f"{dist.name} — step {self.step}", reference=ref)
         result = {"student": student, "teacher": teacher, "teacher_nfe": nfe, "student_nfe": 1, "step": self.step,
                   "method": name}
         (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=1))

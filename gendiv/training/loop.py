@@ -8,6 +8,7 @@ import copy
 import csv
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,18 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, latest_checkpoint, seal_checkpoint, tmp_dir_for
+from .checkpoint import CheckpointError, latest_intact_checkpoint, seal_checkpoint, tmp_dir_for
+from .config import ConfigError, check
+
+
+class RunExistsError(ConfigError):
+    """The output folder already holds a run and neither resume nor overwrite was asked for."""
+
+
+# config keys that may change between a run and its resumption without changing what is computed
+RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints",
+                     "run.progress", "run.stop_after", "run.resume", "run.overwrite", "run.trackers", "run.output_dir",
+                     "eval.")
 
 
 class NonFiniteError(FloatingPointError):
@@ -39,24 +51,36 @@ class RunConfig:
     mixed_precision: str = "no"      # no | bf16 | fp16
     grad_clip: float = 1.0           # max gradient norm (0: off)
     trackers: list = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]
-    resume: bool = False             # continue from output_dir/checkpoints/latest
+    resume: bool = False             # continue from the newest intact checkpoint in output_dir/checkpoints
+    overwrite: bool = False          # output_dir holds a run: move it aside to <output_dir>.old-<time> and start anew
     stop_after: int | None = None    # end this invocation after this step, as a kill would; resume later
     progress: bool = True
+
+    def __post_init__(self):
+        for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            check(getattr(self, key) >= 1, f"run.{key} must be ≥ 1, got {getattr(self, key)}")
+        check(self.sample_every >= 0, f"run.sample_every must be ≥ 0 (0: only at the end), got {self.sample_every}")
+        check(self.mixed_precision in ("no", "bf16", "fp16"),
+              f"run.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        check(self.grad_clip >= 0, f"run.grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
+        check(self.stop_after is None or self.stop_after >= 1, f"run.stop_after must be ≥ 1 or null, got {self.stop_after}")
+        check(not (self.resume and self.overwrite), "run.resume and run.overwrite exclude each other")
+        check(bool(self.output_dir), "run.output_dir must not be empty")
 
 
 class TrainingLoop:
     def __init__(self, run: RunConfig, config_dict: dict | None = None):
-        if run.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be no, bf16 or fp16, got {run.mixed_precision!r}")
         self.run = run
         self.out = Path(run.output_dir)
         self.ckpt_root = self.out / "checkpoints"
+        self._claim_output_dir()
         # AcceleratorState is a process-wide singleton; a second trainer in the same process (a teacher, then a
         # distillation run) may ask for another precision, so drop the old state but keep the distributed one.
         AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True on CPU-only machines is what makes accelerate see torchrun's ranks (MULTI_CPU over gloo).
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=run.mixed_precision, log_with=list(run.trackers) or None,
                                        project_dir=str(self.out))
+        self.accelerator.wait_for_everyone()  # rank 0 may have moved a previous run aside
         self.out.mkdir(parents=True, exist_ok=True)
         set_seed(run.seed)  # identical model initialisation on every process
         self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
@@ -64,6 +88,32 @@ class TrainingLoop:
         self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, float]] = {}
         self.extra_state: dict[str, torch.nn.Module] = {}  # modules with buffers to checkpoint (e.g. ratio bins)
         self.config_dict = config_dict or {}
+
+    def _claim_output_dir(self):
+        """Never overwrite a run: refuse a folder that holds one, unless resuming or asked to move it aside."""
+        out, run = self.out, self.run
+        has_run = out.is_dir() and any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "pipeline"))
+        if run.resume:
+            if not has_run or latest_intact_checkpoint(self.ckpt_root)[0] is None:
+                _, problems = latest_intact_checkpoint(self.ckpt_root)
+                detail = f" ({'; '.join(problems)})" if problems else ""
+                raise CheckpointError(f"--resume: no intact checkpoint in {self.ckpt_root}{detail}; "
+                                      "run without --resume to start a new run")
+            return
+        if not has_run:
+            return
+        if not run.overwrite:
+            raise RunExistsError(f"{out} already holds a run (checkpoints/metrics); continue it with --resume "
+                                 f"(run.resume=true), or pass --overwrite (run.overwrite=true) to move it aside to "
+                                 f"{out}.old-<time> and start anew, or choose another run.output_dir")
+        if int(os.environ.get("RANK", "0")) == 0:
+            aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while aside.exists():
+                aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+                n += 1
+            os.replace(out, aside)
+            print(f"moved the previous run in {out} to {aside}")
 
     # -- to be provided by subclasses -------------------------------------------------------------
     def train_step(self) -> dict:
@@ -93,7 +143,7 @@ class TrainingLoop:
 
     def check_finite(self, name: str, value: torch.Tensor):
         if not torch.isfinite(value).all():
-            kept = latest_checkpoint(self.ckpt_root) if (self.ckpt_root / "latest").exists() else None
+            kept = latest_intact_checkpoint(self.ckpt_root)[0]
             raise NonFiniteError(f"step {self.step + 1}: {name} is not finite ({value.detach().flatten()[:4].tolist()}); "
                                  f"training stopped. Last good checkpoint: {kept or 'none written yet'}")
 
@@ -159,15 +209,19 @@ class TrainingLoop:
             for name, module in self.extra_state.items():
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes}))
+            (tmp / "config.json").write_text(json.dumps(self.config_dict, indent=1, default=str))
         acc.wait_for_everyone()
         if self.is_main:
             seal_checkpoint(self.ckpt_root, self.step, keep=self.run.keep_checkpoints)
         acc.wait_for_everyone()
 
     def load_checkpoint(self) -> bool:
-        folder = latest_checkpoint(self.ckpt_root)
+        folder, problems = latest_intact_checkpoint(self.ckpt_root)
         if folder is None:
-            return False
+            raise CheckpointError(f"no intact checkpoint in {self.ckpt_root}" + (f" ({'; '.join(problems)})" if problems else ""))
+        if problems and self.is_main:
+            print(f"warning: skipped damaged checkpoint(s): {'; '.join(problems)}; resuming from {folder.name}")
+        self._check_resume_config(folder)
         acc = self.accelerator
         state = json.loads((folder / "trainer_state.json").read_text())
         if state["world_size"] != acc.num_processes:
@@ -183,15 +237,27 @@ class TrainingLoop:
         self._truncate_log(self.step)
         return True
 
+    def _check_resume_config(self, folder: Path):
+        """Refuse to resume with a config that changes what is computed; say exactly what differs."""
+        saved_path = folder / "config.json"
+        if not saved_path.is_file() or not self.config_dict:
+            return
+        saved = _flat(json.loads(saved_path.read_text()))
+        now = _flat(json.loads(json.dumps(self.config_dict, default=str)))
+        diffs = [f"{k}: {saved.get(k, '(absent)')} → {now.get(k, '(absent)')}" for k in sorted(set(saved) | set(now))
+                 if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+        if diffs:
+            raise CheckpointError(f"cannot resume {folder}: the config differs from the one it was written with "
+                                  f"({'; '.join(diffs)}). Restore these values, or start a new run in another "
+                                  "run.output_dir")
+
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict:
         run = self.run
         if run.resume:
-            resumed = self.load_checkpoint()
-            if resumed and self.is_main:
+            self.load_checkpoint()
+            if self.is_main:
                 print(f"resumed from step {self.step} ({self.ckpt_root})")
-        elif self.is_main and self.log_path.exists():
-            self.log_path.unlink()
         if run.trackers:
             self.accelerator.init_trackers("gendiv", config=_flat(self.config_dict))
         bar = tqdm(total=run.steps, initial=self.step, disable=not (run.progress and self.is_main), desc="train")

@@ -1,0 +1,219 @@
+"""Every bad input a new user tried (issue 7), table-driven: each gives one clear line on stderr and exit code 2
+from the CLI (or a ValueError naming the argument in Python), or the documented behaviour. And a rerun into an
+existing run folder loses nothing."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gendiv.cli import main
+
+TRAIN = ["train", "run.progress=false", "run.steps=2", "eval.num_samples=16", "eval.num_steps=2"]
+DISTILL = ["distill", "run.progress=false", "run.steps=2", "eval.num_samples=16", "eval.teacher_steps=2",
+           "student.model.hidden=16", "student.model.depth=1", "run.batch_size=16"]
+
+
+def _files(tmp: Path):
+    """Bad files the cases point at, made once per test."""
+    (tmp / "bad.yaml").write_text("run:\n  steps: 10\n   batch_size: [1\n")
+    nan = np.zeros((8, 1, 8, 8), np.float32)
+    nan[3, 0, 2, 2] = np.nan
+    np.savez(tmp / "nan.npz", images=nan)
+    np.savez(tmp / "labels.npz", images=np.zeros((8, 8, 8), np.uint8), labels=np.arange(5))
+    np.savez(tmp / "float_labels.npz", images=np.zeros((8, 8, 8), np.uint8), labels=np.linspace(0, 1, 8))
+    np.savez(tmp / "u255.npz", images=np.full((8, 8, 8), 200.0, np.float32))
+    np.savez(tmp / "nosigma.npz", mu=np.zeros(2048))
+    np.savez(tmp / "imgs.npz", images=np.zeros((4, 8, 8), np.uint8))
+    (tmp / "garbage.pt").write_bytes(b"this is not a weights file" * 100)
+    from gendiv import MLPDenoiser, OneStepGenerator, OneStepPipeline
+
+    OneStepPipeline(student=OneStepGenerator.from_denoiser(MLPDenoiser(dim=2, hidden=8, depth=1))).save_pretrained(
+        str(tmp / "onestep"))
+
+
+# (case, argv, pattern of the one-line error). ``{t}`` is the test's folder.
+CLI_CASES = [
+    ("batch_size 0", TRAIN + ["run.batch_size=0"], r"run\.batch_size must be ≥ 1, got 0"),
+    ("batch_size negative", TRAIN + ["run.batch_size=-3"], r"run\.batch_size must be ≥ 1, got -3"),
+    ("checkpoint_every 0", TRAIN + ["run.checkpoint_every=0"], r"run\.checkpoint_every must be ≥ 1"),
+    ("log_every 0", TRAIN + ["run.log_every=0"], r"run\.log_every must be ≥ 1"),
+    ("keep_checkpoints 0", TRAIN + ["run.keep_checkpoints=0"], r"run\.keep_checkpoints must be ≥ 1"),
+    ("negative lr", TRAIN + ["optim.lr=-1e-3"], r"optim\.lr must be > 0"),
+    ("negative generator lr", DISTILL + ["optim.lr_generator=-1"], r"optim\.lr_generator must be > 0"),
+    ("zero fake lr", DISTILL + ["optim.lr_fake=0"], r"optim\.lr_fake must be > 0"),
+    ("one beta", TRAIN + ["optim.betas=[0.9]"], r"optim\.betas must be two numbers"),
+    ("beta ≥ 1", DISTILL + ["optim.betas=[0.9, 1.5]"], r"optim\.betas must be two numbers"),
+    ("ema decay > 1", TRAIN + ["optim.ema_decay=1.5"], r"optim\.ema_decay must be in \[0, 1\]"),
+    ("drop prob > 1", TRAIN + ["optim.cond_drop_prob=2"], r"optim\.cond_drop_prob must be in \[0, 1\]"),
+    ("yaml syntax", ["train", "--config", "{t}/bad.yaml"], r"bad\.yaml: not valid YAML at line \d+"),
+    ("missing config", ["train", "--config", "{t}/none.yaml"], r"config file not found: .*none\.yaml"),
+    ("steps 0", TRAIN + ["run.steps=0"], r"run\.steps must be ≥ 1, got 0"),
+    ("steps negative", TRAIN + ["run.steps=-5"], r"run\.steps must be ≥ 1, got -5"),
+    ("steps fractional", TRAIN + ["run.steps=2.5"], r"run\.steps: expected an integer, got 2\.5"),
+    ("steps text", TRAIN + ["run.steps=many"], r"run\.steps: expected an integer, got 'many'"),
+    ("steps bool", TRAIN + ["run.steps=true"], r"run\.steps: expected an integer, got True"),
+    ("eval samples 0 (distill)", DISTILL + ["eval.num_samples=0"], r"eval\.num_samples must be ≥ 1"),
+    ("eval samples 0 (train)", TRAIN + ["eval.num_samples=0"], r"eval\.num_samples must be ≥ 1"),
+    ("teacher steps 0", DISTILL + ["eval.teacher_steps=0"], r"eval\.teacher_steps must be ≥ 1"),
+    ("divergence on dmd", DISTILL + ["method.name=dmd", "method.divergence=js"],
+     r"unknown config key 'divergence' in method; allowed keys"),
+    ("kernel backend", DISTILL + ["method.kernel_backend=foo"], r"method\.kernel_backend: unknown backend 'foo'"),
+    ("unknown method", DISTILL + ["method.name=nope"], r"method\.name: unknown distillation method 'nope'"),
+    ("unknown method key", DISTILL + ["method.nmae=dmd"], r"unknown config key 'nmae' in method"),
+    ("fake updates 0", DISTILL + ["method.fake_updates_per_generator_update=0"],
+     r"method\.fake_updates_per_generator_update must be a positive integer"),
+    ("ratio range", DISTILL + ["method.ratio_min=5", "method.ratio_max=1"], r"method\.ratio_min/ratio_max"),
+    ("unknown divergence", DISTILL + ["method.divergence=jensen"], r"method\.divergence: unknown divergence 'jensen'"),
+    ("sid alpha", DISTILL + ["method={name: sid, alpha: 0}"], r"method\.alpha must be > 0"),
+    ("sigma kind", DISTILL + ["sigma_generator.kind=weird"], r"sigma kind must be auto or one of"),
+    ("sigma index range", DISTILL + ["sigma_fake.min_index=900", "sigma_fake.max_index=100"], r"min_index ≤ max_index"),
+    ("sigma_init", DISTILL + ["student.sigma_init=-1"], r"student\.sigma_init must be > 0"),
+    ("guidance nan", DISTILL + ["teacher.guidance_scale=.nan"], r"teacher\.guidance_scale must be finite"),
+    ("teacher source", DISTILL + ["teacher.source=hub:edm"], r"unknown teacher source 'hub:edm'"),
+    ("one-step as teacher", DISTILL + ["teacher.source=pipeline:{t}/onestep", "data.source=toy:ring8_imbalanced"],
+     r"is a one-step student \(OneStepPipeline\), not a multi-step teacher"),
+    ("teacher folder missing", DISTILL + ["teacher.source=pipeline:{t}/none", "data.source=toy:ring8_imbalanced"],
+     r"teacher pipeline not found"),
+    ("mixed precision", TRAIN + ["run.mixed_precision=fp8"], r"run\.mixed_precision must be no, bf16 or fp16"),
+    ("grad clip", TRAIN + ["run.grad_clip=-1"], r"run\.grad_clip must be ≥ 0"),
+    ("data source", TRAIN + ["data.source=cifar10"], r"unknown data source 'cifar10'"),
+    ("data channels", TRAIN + ["data.channels=2"], r"data\.channels must be 1, 3 or null"),
+    ("model kind", TRAIN + ["model.kind=transformer"], r"model\.kind must be auto, mlp, unet or unet_cond"),
+    ("groups", TRAIN + ["model.block_out_channels=[30,64]"], r"divisible by model\.norm_num_groups"),
+    ("dropout", TRAIN + ["model.dropout=1.5"], r"model\.dropout must be in \[0, 1\)"),
+    ("empty output dir", TRAIN + ["run.output_dir="], r"run\.output_dir:? must not be (null|empty)"),
+    ("resume and overwrite", TRAIN + ["--resume", "--overwrite"], r"run\.resume and run\.overwrite exclude each other"),
+    ("resume without checkpoint", TRAIN + ["--resume"], r"--resume: no intact checkpoint in .*checkpoints"),
+    ("nan data", TRAIN + ["data.source=npz:{t}/nan.npz", "model.block_out_channels=[8,16]"],
+     r"1 of 8 images hold NaN or Inf values \(first: index 3\)"),
+    ("labels count", TRAIN + ["data.source=npz:{t}/labels.npz"], r"5 labels for 8 images"),
+    ("labels float", TRAIN + ["data.source=npz:{t}/float_labels.npz"], r"labels must be integers"),
+    ("0-255 floats", TRAIN + ["data.source=npz:{t}/u255.npz"], r"float images must lie in \[-1, 1\], found 200"),
+    ("sample negative", ["sample", "--pipeline", "{t}/onestep", "--num-samples", "-3"], r"--num-samples must be ≥ 1, got -3"),
+    ("sample zero", ["sample", "--pipeline", "{t}/onestep", "--num-samples", "0"], r"--num-samples must be ≥ 1, got 0"),
+    ("sample steps -1", ["sample", "--pipeline", "{t}/onestep", "--steps", "-1"], r"--steps must be ≥ 1, got -1"),
+    ("sample steps 0", ["sample", "--pipeline", "{t}/onestep", "--steps", "0"], r"--steps must be ≥ 1, got 0"),
+    ("sample not a pipeline", ["sample", "--pipeline", "{t}"], r"is not a saved pipeline \(no model_index\.json\)"),
+    ("fid samples 0", ["fid", "{t}/imgs.npz", "{t}/imgs.npz", "--num-samples", "0"], r"--num-samples must be ≥ 1, got 0"),
+    ("fid samples -5", ["fid", "{t}/imgs.npz", "{t}/imgs.npz", "--num-samples", "-5"], r"--num-samples must be ≥ 1, got -5"),
+    ("garbage weights", ["fid", "{t}/imgs.npz", "{t}/imgs.npz", "--inception-weights", "{t}/garbage.pt"],
+     r"cannot read Inception weights .*garbage\.pt: neither the FID Inception TorchScript"),
+    ("stats without sigma", ["fid", "{t}/imgs.npz", "{t}/nosigma.npz", "--inception-weights", "{t}/garbage.pt"],
+     r"(nosigma\.npz is not a statistics file \(needs 'mu' and 'sigma'|cannot read Inception weights)"),
+]
+
+
+@pytest.mark.parametrize("case, argv, pattern", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_clear_line_and_exit_2(case, argv, pattern, tmp_path, capsys):
+    _files(tmp_path)
+    argv = [a.replace("{t}", str(tmp_path)) for a in argv]
+    if argv[0] in ("train", "distill") and not any(a.startswith("run.output_dir") for a in argv):
+        argv.append(f"run.output_dir={tmp_path / 'run'}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    import re
+
+    assert re.search(pattern.replace("{t}", str(tmp_path)), err), err
+
+
+def test_statistics_without_sigma_is_named(tmp_path):
+    from gendiv.metrics.frechet import FeatureStats
+
+    np.savez(tmp_path / "nosigma.npz", mu=np.zeros(4))
+    with pytest.raises(ValueError, match=r"is not a statistics file \(needs 'mu' and 'sigma'"):
+        FeatureStats.load(tmp_path / "nosigma.npz")
+
+
+def test_integral_float_steps_are_accepted(tmp_path):
+    from gendiv.training import TrainConfig, load_config
+
+    assert load_config(TrainConfig, None, ["run.steps=1e1"]).run.steps == 10  # documented: whole numbers parse
+
+
+def _one_step_pipe(num_classes=None):
+    from gendiv import MLPDenoiser, OneStepGenerator, OneStepPipeline
+
+    return OneStepPipeline(student=OneStepGenerator.from_denoiser(MLPDenoiser(dim=2, hidden=8, depth=1,
+                                                                              num_classes=num_classes)))
+
+
+def _edm_pipe(num_classes=None):
+    from gendiv import GenDivPipeline, MLPDenoiser
+
+    pipe = GenDivPipeline.from_denoiser(MLPDenoiser(dim=2, hidden=8, depth=1, num_classes=num_classes))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+PIPELINE_CASES = [
+    ("one-step batch 0", _one_step_pipe, {"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+    ("one-step batch -1", _one_step_pipe, {"batch_size": -1}, r"batch_size must be a positive integer, got -1"),
+    ("one-step batch float", _one_step_pipe, {"batch_size": 2.5}, r"batch_size must be a positive integer, got 2\.5"),
+    ("edm batch 0", _edm_pipe, {"batch_size": 0}, r"batch_size must be a positive integer"),
+    ("edm batch float", _edm_pipe, {"batch_size": 1.0}, r"batch_size must be a positive integer"),
+    ("edm steps 0", _edm_pipe, {"batch_size": 2, "num_inference_steps": 0}, r"num_inference_steps must be a positive"),
+    ("float labels", lambda: _one_step_pipe(3), {"batch_size": 2, "class_labels": [0.7, 1.2]},
+     r"class_labels must be integers"),
+    ("label out of range", lambda: _edm_pipe(3), {"batch_size": 2, "class_labels": [0, 3]}, r"out of range \[0, 3\)"),
+    ("labels on unconditional", _one_step_pipe, {"batch_size": 2, "class_labels": 1}, r"model is unconditional"),
+    ("nan latents", _one_step_pipe, {"batch_size": 2, "latents": torch.full((2, 2), float("nan"))},
+     r"latents hold NaN or Inf"),
+    ("latents shape", _edm_pipe, {"batch_size": 2, "latents": torch.zeros(3, 2)}, r"latents must have shape \(2, 2\)"),
+    ("pil for points", _one_step_pipe, {"batch_size": 2, "output_type": "pil"}, r"output_type='pil' needs image data"),
+]
+
+
+@pytest.mark.parametrize("case, make, kwargs, pattern", PIPELINE_CASES, ids=[c[0] for c in PIPELINE_CASES])
+def test_pipeline_bad_input_names_the_argument(case, make, kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()(**kwargs)
+
+
+def test_the_table_covers_at_least_fifty_cases():
+    assert len(CLI_CASES) + len(PIPELINE_CASES) >= 50
+
+
+# -------------------------------------------------------------------------------------------------
+# Nothing is lost
+# -------------------------------------------------------------------------------------------------
+def test_rerun_into_an_existing_run_loses_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = TRAIN + ["run.steps=4", "run.checkpoint_every=2", f"run.output_dir={out}"]
+    main(argv)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(TRAIN + ["run.steps=2", f"run.output_dir={out}"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--resume" in err and "--overwrite" in err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # not a byte changed
+    main(TRAIN + ["run.steps=2", f"run.output_dir={out}", "--overwrite"])
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(moved) == 1
+    assert {p.relative_to(moved[0]): p.read_bytes() for p in moved[0].rglob("*") if p.is_file()} == before
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 and (out / "checkpoints" / "step-00000002").is_dir()
+    assert f"moved the previous run in {out}" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_changed_config_and_says_what_differs(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(TRAIN + ["run.steps=4", "run.checkpoint_every=2", "run.stop_after=2", f"run.output_dir={out}"])
+    capsys.readouterr()
+    for change, named in (("run.batch_size=8", r"run\.batch_size: 256 → 8"), ("optim.lr=0.01", r"optim\.lr: 0\.002 → 0\.01"),
+                          ("model.hidden=64", r"model\.hidden: 128 → 64")):
+        with pytest.raises(SystemExit):
+            main(TRAIN + ["run.steps=4", f"run.output_dir={out}", "--resume", change])
+        err = capsys.readouterr().err
+        import re
+
+        assert re.search(named, err) and "cannot resume" in err, err
+    main(TRAIN + ["run.steps=4", f"run.output_dir={out}", "--resume", "eval.num_samples=8"])  # eval/steps may change
+    assert "resumed from step 2" in capsys.readouterr().out
