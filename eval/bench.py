@@ -182,37 +182,122 @@ def bench_step(args) -> str:
             + f"\n\ngendiv / plain loop = {t_g / t_r:.3f}")
 
 
+TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio
+    ("diff_instruct", {"name": "diff_instruct"}),
+    ("dmd", {"name": "dmd"}),
+    ("dmd2", {"name": "dmd2"}),
+    ("f_distill (reverse_kl)", {"name": "f_distill", "divergence": "reverse_kl"}),
+    ("f_distill (jensen_shannon)", {"name": "f_distill", "divergence": "jensen_shannon"}),
+    ("f_distill (forward_kl)", {"name": "f_distill", "divergence": "forward_kl"}),
+    ("sid (α = 1.2)", {"name": "sid"}),
+    ("sida (encoder discriminator)", {"name": "sida"}),
+    ("uni_instruct (reverse_kl)", {"name": "uni_instruct", "divergence": "reverse_kl"}),
+    ("uni_instruct (forward_kl)", {"name": "uni_instruct", "divergence": "forward_kl"}),
+    ("uni_instruct (jensen_shannon)", {"name": "uni_instruct", "divergence": "jensen_shannon"}),
+    ("uni_instruct (jeffreys)", {"name": "uni_instruct", "divergence": "jeffreys"}),
+    ("uni_instruct (forward_kl after reverse_kl)", {"name": "uni_instruct", "divergence_schedule": "warm_start"}),
+]
+
+
+def _toy_run(job: dict) -> dict:
+    """One distillation on the ring in a worker process with a fixed thread count; returns its evaluation."""
+    import shutil
+
+    torch.set_num_threads(job["threads"])
+    from gendiv.training import DistillConfig, distill, load_config
+
+    out = Path(job["out"])
+    if out.exists():  # the benchmark's own scratch folder from an earlier run of this benchmark
+        shutil.rmtree(out)
+    method = dict(job["method"], fake_updates_per_generator_update=2)
+    if method.get("divergence_schedule") == "warm_start":
+        method["divergence_schedule"] = [[0, "reverse_kl"], [job["steps"] // 2, "forward_kl"]]
+    overrides = [f"run.output_dir={out}", "run.progress=false", f"run.steps={job['steps']}", f"run.seed={job['seed']}",
+                 f"run.checkpoint_every={job['steps']}", "method=" + json.dumps(method)]
+    cfg = load_config(DistillConfig, ROOT / "configs" / "distill_ring.yaml", overrides)
+    t = time.time()
+    distill(cfg)
+    result = json.loads((out / "eval_final.json").read_text())
+    return {"label": job["label"], "seed": job["seed"], "student": result["student"], "teacher": result["teacher"],
+            "seconds": time.time() - t, "plot": str(out / "samples_final.png")}
+
+
+def _mean_spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3g} ± {spread:.2g}"
+
+
 @benchmark("toy_methods")
 def bench_toy_methods(args) -> str:
     """Each method's one-step student on the imbalanced ring after a fixed budget, next to the teacher's
-    35-NFE sampler (analytic teacher, exact metrics)."""
-    from gendiv.training import DistillConfig, distill, load_config
+    35-NFE sampler (analytic teacher, exact metrics): mean ± standard deviation over ``--seeds`` seeds."""
+    import concurrent.futures
+    import multiprocessing
+    import os
 
-    runs = [("diff_instruct", None), ("dmd", None), ("dmd2", None), ("f_distill", "reverse_kl"),
-            ("f_distill", "jensen_shannon"), ("f_distill", "forward_kl")]
+    jobs = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     out_root = ROOT / "runs" / "bench_toy_methods"
-    rows, teacher, panels = [], None, {}
-    for name, div in runs:
-        tag = name if div is None else f"{name}_{div}"
-        overrides = [f"run.output_dir={out_root / tag}", "run.progress=false", f"run.steps={args.steps}",
-                     f"method.name={name}"] + ([f"method.divergence={div}"] if div else [])
-        cfg = load_config(DistillConfig, ROOT / "configs" / "distill_ring.yaml", overrides)
-        t = time.time()
-        distill(cfg)
-        result = json.loads((out_root / tag / "eval_final.json").read_text())
-        teacher = result["teacher"]
-        s = result["student"]
-        rows.append([tag, 1, s["sliced_w2"], s["log_likelihood"], s["smallest_mode_recall"], s["min_mode_recall"],
-                     time.time() - t])
-        print(f"  {tag}: {s}", flush=True)
-        panels[tag] = out_root / tag / "samples_final.png"
-    rows.insert(0, ["teacher (Heun)", 35, teacher["sliced_w2"], teacher["log_likelihood"],
-                    teacher["smallest_mode_recall"], teacher["min_mode_recall"], 0.0])
-    _montage(panels, args.results_dir / "toy_methods.png")
-    return (f"ring8_imbalanced, {args.steps} steps per method (configs/distill_ring.yaml), 2000 samples, {machine()}\n\n"
+    todo = [{"label": label, "method": method, "seed": seed, "steps": args.steps, "threads": threads,
+             "out": str(out_root / re.sub(r"[^a-z0-9_]+", "_", label.lower()).strip("_") / f"seed{seed}")}
+            for label, method in TOY_RUNS for seed in range(args.seeds)]
+    results = []
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for r in pool.map(_toy_run, todo):
+            print(f"  {r['label']} seed {r['seed']}: {r['student']} ({r['seconds']:.0f} s)", flush=True)
+            results.append(r)
+    (args.results_dir / "toy_methods.json").write_text(json.dumps(results, indent=1))
+    keys = ("sliced_w2", "log_likelihood", "smallest_mode_recall", "min_mode_recall")
+    by_label = {label: [r for r in results if r["label"] == label] for label, _ in TOY_RUNS}
+    teacher = [r["teacher"] for r in results]
+    rows = [["teacher (Heun)", 35] + [_mean_spread([t[k] for t in teacher]) for k in keys] + ["–"]]
+    for label, rs in by_label.items():
+        rows.append([label, 1] + [_mean_spread([r["student"][k] for r in rs]) for k in keys]
+                    + [f"{statistics.fmean(r['seconds'] for r in rs):.0f}"])
+    _montage({label: rs[0]["plot"] for label, rs in by_label.items()}, args.results_dir / "toy_methods.png")
+    return (f"ring8_imbalanced, {args.steps} steps per method (configs/distill_ring.yaml with each method's own defaults,"
+            f" 2 fake-score updates per generator update for all), 2000 samples; mean ± std over {args.seeds} seeds "
+            f"(run.seed 0..{args.seeds - 1}); {jobs} parallel runs × {threads} thread(s) each; {machine()}\n\n"
             + table(["model", "NFE", "sliced W₂ ↓", "log-lik ↑", "recall of 5% mode ↑", "min mode recall ↑",
-                     "train s"], rows)
-            + "\n\n![students](eval/results/toy_methods.png)")
+                     "train s (mean)"], rows)
+            + "\n\n![students, seed 0](eval/results/toy_methods.png)")
+
+
+@benchmark("score_identity_step")
+def bench_score_identity_step(args) -> str:
+    """A generator step of SiD and Uni-Instruct (input gradients through teacher and fake) against a DMD step on the
+    same tiny UNet, and SiD's fused closed-form backward against plain autograd."""
+    from gendiv.objectives import DMD, SiD, UniInstruct, score_difference_step
+    from gendiv.objectives.distill import EncoderDiscriminator
+    from gendiv.space import sample_sigma
+
+    teacher, fake, gen, bs = _tiny_image_setup()
+    fake.requires_grad_(False)
+    opt = torch.optim.Adam(gen.parameters(), lr=1e-6)
+    z = torch.randn(bs, 3, 32, 32)
+    disc = EncoderDiscriminator()
+
+    def step(method, input_grad: bool, with_logits: bool):
+        def run():
+            sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
+            x = gen(z)
+            ctx = score_difference_step(x, teacher, fake, sigma, discriminator=disc if with_logits else None,
+                                        input_grad=input_grad)
+            loss, _ = method.generator_loss(ctx)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    cases = [("DMD (no input gradients)", DMD(kernel_backend="eager"), False, False),
+             ("SiD α = 1.2, fused closed-form backward", SiD(fused_backward=True), True, False),
+             ("SiD α = 1.2, plain autograd", SiD(fused_backward=False), True, False),
+             ("Uni-Instruct (forward KL), fused", UniInstruct(divergence="forward_kl", sigma_bins=0), True, True)]
+    times = [timed(step(m, ig, lg), repeats=args.repeats, warmup=2) for _, m, ig, lg in cases]
+    rows = [[name, t * 1e3, t / times[0]] for (name, *_), t in zip(cases, times)]
+    return (f"Generator step (forward G, teacher + fake at x_σ, loss, backward, Adam) on a tiny UNet 32/64/64, batch {bs}, "
+            f"3×32×32, {machine()}\n\n" + table(["step", "ms", "× DMD step"], rows))
 
 
 @benchmark("toy_sampler")
@@ -307,7 +392,9 @@ def main(argv=None):
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {sorted(BENCHMARKS)})")
     p.add_argument("--update-readme", action="store_true", help="rewrite the README's <!-- bench:NAME --> sections")
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--steps", type=int, default=6000, help="training steps per method (toy_methods)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per method (toy_methods)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (toy_methods): tables show mean ± std")
+    p.add_argument("--jobs", type=int, default=2, help="parallel runs (toy_methods); threads are split between them")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
     args = p.parse_args(argv)

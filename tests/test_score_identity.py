@@ -188,3 +188,23 @@ def test_sid_uses_its_own_defaults(tmp_path):
 def test_bad_score_identity_options_fail_at_load_naming_the_key(override, pattern, tmp_path):
     with pytest.raises(ConfigError, match=pattern):
         _cfg(tmp_path, override)
+
+
+def test_digits_recipes_run_end_to_end_from_a_trained_teacher(tmp_path):
+    """configs/distill_{sid,uni_instruct}_digits.yaml at tiny scale: input gradients through a guided UNet teacher."""
+    from gendiv import OneStepPipeline
+    from gendiv.training import TrainConfig, train
+
+    repo = Path(__file__).resolve().parents[1]
+    train(load_config(TrainConfig, None, [f"run.output_dir={tmp_path / 't'}", "run.progress=false", "data.source=digits",
+                                          "data.image_size=8", "run.batch_size=16", "run.steps=3",
+                                          "model.block_out_channels=[8,16]"]))
+    for name in ("sid", "uni_instruct"):
+        cfg = load_config(DistillConfig, repo / "configs" / f"distill_{name}_digits.yaml", [
+            f"run.output_dir={tmp_path / name}", "run.progress=false", f"teacher.source=pipeline:{tmp_path / 't' / 'pipeline'}",
+            "data.image_size=8", "run.batch_size=8", "run.steps=4", "optim.fake_warmup_steps=1", "eval.num_samples=8",
+            "run.sample_every=0"])
+        distill(cfg)
+        pipe = OneStepPipeline.from_pretrained(str(tmp_path / name / "pipeline"))
+        assert pipe.student.config.sigma_init == 2.5
+        assert len(pipe(batch_size=2, class_labels=[1, 2]).images) == 2
