@@ -196,7 +196,10 @@ TOY_RUNS = [  # (row label, method section) — every method at the same budget 
     ("uni_instruct (jensen_shannon)", {"name": "uni_instruct", "divergence": "jensen_shannon"}),
     ("uni_instruct (jeffreys)", {"name": "uni_instruct", "divergence": "jeffreys"}),
     ("uni_instruct (forward_kl after reverse_kl)", {"name": "uni_instruct", "divergence_schedule": "warm_start"}),
+    ("smt (from data alone, no teacher)", {"name": "smt"}),
+    ("smd", {"name": "smd"}),
 ]
+NO_TEACHER = {"smt"}  # methods run with teacher.source=none and the ring's samples as data
 
 
 def _toy_run(job: dict) -> dict:
@@ -214,11 +217,13 @@ def _toy_run(job: dict) -> dict:
         method["divergence_schedule"] = [[0, "reverse_kl"], [job["steps"] // 2, "forward_kl"]]
     overrides = [f"run.output_dir={out}", "run.progress=false", f"run.steps={job['steps']}", f"run.seed={job['seed']}",
                  f"run.checkpoint_every={job['steps']}", "method=" + json.dumps(method)]
+    if method["name"] in NO_TEACHER:
+        overrides += ["teacher.source=none", "data.source=toy:ring8_imbalanced"]
     cfg = load_config(DistillConfig, ROOT / "configs" / "distill_ring.yaml", overrides)
     t = time.time()
     distill(cfg)
     result = json.loads((out / "eval_final.json").read_text())
-    return {"label": job["label"], "seed": job["seed"], "student": result["student"], "teacher": result["teacher"],
+    return {"label": job["label"], "seed": job["seed"], "student": result["student"], "teacher": result.get("teacher"),
             "seconds": time.time() - t, "plot": str(out / "samples_final.png")}
 
 
@@ -241,16 +246,25 @@ def bench_toy_methods(args) -> str:
     out_root = ROOT / "runs" / "bench_toy_methods"
     todo = [{"label": label, "method": method, "seed": seed, "steps": args.steps, "threads": threads,
              "out": str(out_root / re.sub(r"[^a-z0-9_]+", "_", label.lower()).strip("_") / f"seed{seed}")}
-            for label, method in TOY_RUNS for seed in range(args.seeds)]
+            for label, method in TOY_RUNS for seed in range(args.seeds)
+            if not args.rows or any(r in label for r in args.rows.split(","))]
+    # --rows reruns some rows and keeps the others from the last run (same steps and seeds only)
+    saved = args.results_dir / "toy_methods.json"
     results = []
+    if args.rows and saved.is_file():
+        previous = json.loads(saved.read_text())
+        if previous.get("steps") == args.steps and previous.get("seeds") == args.seeds:
+            rerun = {(j["label"], j["seed"]) for j in todo}
+            results = [r for r in previous["runs"] if (r["label"], r["seed"]) not in rerun]
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for r in pool.map(_toy_run, todo):
             print(f"  {r['label']} seed {r['seed']}: {r['student']} ({r['seconds']:.0f} s)", flush=True)
             results.append(r)
-    (args.results_dir / "toy_methods.json").write_text(json.dumps(results, indent=1))
+    saved.write_text(json.dumps({"steps": args.steps, "seeds": args.seeds, "runs": results}, indent=1))
     keys = ("sliced_w2", "log_likelihood", "smallest_mode_recall", "min_mode_recall")
     by_label = {label: [r for r in results if r["label"] == label] for label, _ in TOY_RUNS}
-    teacher = [r["teacher"] for r in results]
+    by_label = {label: rs for label, rs in by_label.items() if rs}
+    teacher = [r["teacher"] for r in results if r["teacher"] is not None]
     rows = [["teacher (Heun)", 35] + [_mean_spread([t[k] for t in teacher]) for k in keys] + ["–"]]
     for label, rs in by_label.items():
         rows.append([label, 1] + [_mean_spread([r["student"][k] for r in rs]) for k in keys]
@@ -395,6 +409,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3000, help="training steps per method (toy_methods)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (toy_methods): tables show mean ± std")
     p.add_argument("--jobs", type=int, default=2, help="parallel runs (toy_methods); threads are split between them")
+    p.add_argument("--rows", default="", help="toy_methods: rerun only rows whose label contains one of these "
+                   "comma-separated strings, keeping the others from the last run")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
     args = p.parse_args(argv)

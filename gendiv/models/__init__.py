@@ -1,6 +1,6 @@
-from .denoiser import DENOISER_CLASSES, MLPDenoiser, UNetDenoiser, build_denoiser, scalar_embedding
+from .denoiser import DENOISER_CLASSES, MLPDenoiser, UNetDenoiser, build_denoiser, scalar_embedding, with_scalar_condition
 from .discriminator import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from .generator import OneStepGenerator
 
-__all__ = ["DENOISER_CLASSES", "MLPDenoiser", "UNetDenoiser", "OneStepGenerator", "build_denoiser", "scalar_embedding",
+__all__ = ["with_scalar_condition", "DENOISER_CLASSES", "MLPDenoiser", "UNetDenoiser", "OneStepGenerator", "build_denoiser", "scalar_embedding",
            "DiscriminatorHead", "discriminator_loss", "generator_gan_loss"]

@@ -265,3 +265,49 @@ def build_denoiser(class_name: str, config: dict) -> nn.Module:
     if class_name not in DENOISER_CLASSES:
         raise ValueError(f"unknown denoiser class {class_name!r}; choose one of {sorted(DENOISER_CLASSES)}")
     return DENOISER_CLASSES[class_name].from_config({k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def with_scalar_condition(denoiser, name: str, time_cond_proj_dim: int = 64):
+    """A copy of ``denoiser`` that also takes the scalar condition ``name`` (e.g. SMT's α, GFT's β), with that path
+    zero-initialised: the copy equals the original for every value of the new scalar until it is trained.
+
+    MLPDenoiser: the input layer gains zero columns for the scalar's embedding. UNetDenoiser over a
+    UNet2DConditionModel: the scalars enter through ``timestep_cond`` into ``time_embedding.cond_proj``, created (or
+    widened) with zeros. A UNet2DModel has no such input: build the network with ``model.kind=unet_cond``.
+    """
+    cfg = {k: v for k, v in dict(denoiser.config).items() if not k.startswith("_")}
+    names = list(cfg.get("scalar_names") or [])
+    if name in names:
+        raise ValueError(f"{type(denoiser).__name__} already takes the scalar condition {name!r}")
+    cfg["scalar_names"] = names + [name]
+    state = denoiser.state_dict()
+    if isinstance(denoiser, MLPDenoiser):
+        new = MLPDenoiser.from_config(cfg)
+        w = new.inp.weight.detach().clone()
+        w.zero_()
+        w[:, : state["inp.weight"].shape[1]] = state["inp.weight"]  # scalar embeddings come last in the input
+        state = dict(state, **{"inp.weight": w})
+        new.load_state_dict(state)
+        return _like(new, denoiser)
+    if isinstance(denoiser, UNetDenoiser):
+        if cfg["unet_class"] != "UNet2DConditionModel":
+            raise ValueError(f"a scalar condition ({name!r}) needs a UNet2DConditionModel backbone (model.kind=unet_cond); "
+                             f"this denoiser wraps a {cfg['unet_class']}")
+        unet_cfg = {k: v for k, v in dict(cfg["unet_config"]).items() if not k.startswith("_")}
+        dim = unet_cfg.get("time_cond_proj_dim") or 0
+        per = dim // len(names) if names else time_cond_proj_dim
+        unet_cfg["time_cond_proj_dim"] = per * (len(names) + 1)
+        cfg["unet_config"] = unet_cfg
+        new = UNetDenoiser.from_config(cfg)
+        key = "unet.time_embedding.cond_proj.weight"
+        w = new.state_dict()[key].detach().clone().zero_()
+        if key in state:
+            w[:, : state[key].shape[1]] = state[key]
+        new.load_state_dict(dict(state, **{key: w}))
+        return _like(new, denoiser)
+    raise ValueError(f"cannot add a scalar condition to a {type(denoiser).__name__}")
+
+
+def _like(new, old):
+    new = new.to(old.device)
+    return new if new.dtype == old.dtype else new.to(old.dtype)

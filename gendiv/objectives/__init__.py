@@ -3,8 +3,10 @@ from .distill import (METHODS, DiffInstruct, DistillationMethod, DistillBatch, D
                       MethodOptions, StepContext, build_method, method_class, score_difference_step, surrogate_loss)
 from .divergences import DIVERGENCES, Divergence, get_divergence, h_derivatives, h_from_f
 from .score_identity import SiD, SiDA, UniInstruct, sample_weight, sid_per_sample
+from .score_of_mixture import SMD, SMT, mixture_denoising_loss, sample_alpha, smt_pseudo_gradient
 
 __all__ = ["denoising_loss", "weighted_denoising_error", "METHODS", "DiffInstruct", "DistillationMethod", "DistillBatch",
            "DMD", "DMD2", "EncoderDiscriminator", "FDistill", "MethodOptions", "StepContext", "build_method",
            "method_class", "score_difference_step", "surrogate_loss", "DIVERGENCES", "Divergence", "get_divergence",
-           "h_derivatives", "h_from_f", "SiD", "SiDA", "UniInstruct", "sample_weight", "sid_per_sample"]
+           "h_derivatives", "h_from_f", "SiD", "SiDA", "UniInstruct", "sample_weight", "sid_per_sample",
+           "SMD", "SMT", "mixture_denoising_loss", "sample_alpha", "smt_pseudo_gradient"]

@@ -77,7 +77,8 @@ class MethodSetup:
 class NetworkFactory:
     """Builds auxiliary networks for a method; provided by the trainer (it knows the teacher and the data)."""
 
-    def score_network(self) -> nn.Module:             # a denoiser like the teacher (a trainable copy of it, or new)
+    def score_network(self, scalar: str | None = None) -> nn.Module:
+        """A denoiser like the teacher (a trainable copy of it, or new), with an extra scalar condition if named."""
         raise NotImplementedError
 
     def discriminator_head(self, on: nn.Module) -> nn.Module:   # a head on ``on``'s bottleneck features
@@ -237,6 +238,7 @@ class DistillationMethod:
     Options = MethodOptions
     normalize_by_teacher_residual = True   # c = mean|x − Dᵀ| (DMD); False → c = 1
     uses_discriminator = False             # train a discriminator head next to the fake score
+    needs_teacher = True                   # False: trains from data alone (SMT); teacher.source=none
     default_fake_updates = 1               # fake-score updates per generator update (TTUR)
     default_sigma_init = 80.0              # G(z) = D(σ_init z, σ_init)
     default_sigma_generator = {"kind": "lognormal"}   # EDM's training σ; image configs set DMD2's Karras range

@@ -22,6 +22,7 @@ from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
 from ..space import SIGMA_SAMPLERS, sample_sigma
 from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
+from ..models.denoiser import with_scalar_condition
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, _build, check, check_optimizer, to_dict
 from .data import ToySource, draw_labels
@@ -30,14 +31,15 @@ from .loop import RunConfig, TrainingLoop
 
 @dataclass
 class TeacherConfig:
-    source: str = "analytic:ring8_imbalanced"  # analytic:<toy name> | pipeline:<folder of a saved GenDivPipeline>
+    source: str = "analytic:ring8_imbalanced"  # analytic:<toy name> | pipeline:<GenDivPipeline folder> | none (SMT)
     guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers)
 
     def __post_init__(self):
         check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
         kind = self.source.partition(":")[0]
-        check(kind in ("analytic", "pipeline"),
-              f"teacher.source: unknown teacher source {self.source!r}; use analytic:<toy name> or pipeline:<folder>")
+        check(kind in ("analytic", "pipeline") or self.source == "none",
+              f"teacher.source: unknown teacher source {self.source!r}; use analytic:<toy name>, pipeline:<folder> "
+              "or none (methods that train from data alone)")
 
 
 @dataclass
@@ -141,6 +143,8 @@ class DistillConfig:
 
 def load_teacher(spec: str):
     """(teacher denoiser, default real-data source string) from ``analytic:<toy>`` or ``pipeline:<dir>``."""
+    if spec == "none":
+        return None, ""
     kind, _, arg = spec.partition(":")
     if kind == "analytic":
         return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}"
@@ -167,13 +171,19 @@ class _Factory(NetworkFactory):
         self.trainer, self.teacher = trainer, teacher
 
     def fresh(self) -> bool:
-        return isinstance(self.teacher, AnalyticDenoiser) or not self.trainer.cfg.student.init_from_teacher
+        return self.teacher is None or isinstance(self.teacher, AnalyticDenoiser) or not self.trainer.cfg.student.init_from_teacher
 
-    def score_network(self):
+    def score_network(self, scalar=None):
         t = self.trainer
         if self.fresh():
-            return build_model(t.cfg.student.model, t.source)
-        return copy.deepcopy(self.teacher).requires_grad_(True).train()
+            model_cfg = t.cfg.student.model
+            if scalar is not None:
+                model_cfg = ModelConfig(**{**to_dict(model_cfg), "scalar_names": list(model_cfg.scalar_names) + [scalar]})
+            return build_model(model_cfg, t.source)
+        net = copy.deepcopy(self.teacher)
+        if scalar is not None:
+            net = with_scalar_condition(net, scalar)  # zero-initialised: equals the teacher for every value
+        return net.requires_grad_(True).train()
 
     def discriminator_head(self, on):
         x_ex, _ = self.trainer.source.sample_batch(1, torch.Generator().manual_seed(0))
@@ -190,10 +200,14 @@ class DistillTrainer(TrainingLoop):
         self.cfg = cfg
         acc = self.accelerator
         teacher, default_data = load_teacher(cfg.teacher.source)
-        self.teacher = teacher.to(acc.device).eval().requires_grad_(False)
+        if teacher is None and method_cls.needs_teacher:
+            raise ConfigError(f"method {method_cls.name} distils a teacher: set teacher.source (analytic:<toy> or "
+                              "pipeline:<folder>); teacher.source=none is for methods that train from data alone (smt)")
+        self.teacher = None if teacher is None else teacher.to(acc.device).eval().requires_grad_(False)
         data_source = cfg.data.source or default_data
         if not data_source:
-            raise ConfigError("a network teacher needs real data for the discriminator and evaluation: set data.source")
+            raise ConfigError("set data.source: a network teacher needs real data for the discriminator and evaluation, "
+                              "and training without a teacher needs it as its only signal")
         self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
 
         self.method = method_cls(options)
@@ -210,7 +224,7 @@ class DistillTrainer(TrainingLoop):
             generator = OneStepGenerator.from_denoiser(teacher, sigma_init)
         self._check_compatible(generator, teacher)
         aux = self.method.build_auxiliaries(factory)
-        self.guided_teacher = ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
+        self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
 
         o = cfg.optim
         mk = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # noqa: E731
@@ -244,6 +258,11 @@ class DistillTrainer(TrainingLoop):
         x, _ = self.source.sample_batch(2, torch.Generator().manual_seed(0))
         if tuple(x.shape) != shape:
             raise ValueError(f"generator produces {shape[1:]} but the data/teacher space is {tuple(x.shape[1:])}")
+        if teacher is None:
+            if generator.num_classes != self.source.num_classes:
+                raise ValueError(f"condition mismatch: generator has num_classes={generator.num_classes}, the data "
+                                 f"{self.source.num_classes}")
+            return
         t_classes = getattr(teacher, "num_classes", None) if isinstance(teacher, AnalyticDenoiser) else teacher.config.num_classes
         if generator.num_classes != t_classes:
             raise ValueError(f"condition mismatch: generator has num_classes={generator.num_classes}, teacher {t_classes}")
@@ -357,19 +376,21 @@ class DistillTrainer(TrainingLoop):
         ref = dist.sample(n, torch.Generator().manual_seed(seed + 1), class_labels=labels)
         cond = None if labels is None else Condition(class_labels=labels)  # log p(x | c), not log p(x)
         student = exact_metrics(dist, x, ref, cond=cond)
-        if self._teacher_reference is None:
-            xt = self.teacher_samples(n, seed + 2, labels)
-            self._teacher_reference = (xt, exact_metrics(dist, xt, ref, cond=cond))
-        xt, teacher = self._teacher_reference
-        nfe = 2 * self.cfg.eval.teacher_steps - 1
         name = self.method.label
-        scatter_plot(self.out / f"samples_{tag}.png",
-                     {"truth (exact samples)": ref, f"teacher, {nfe} NFE": xt, f"student {name}, 1 NFE": x},
-                     title=f"{dist.name} — step {self.step}", reference=ref)
-        result = {"student": student, "teacher": teacher, "teacher_nfe": nfe, "student_nfe": 1, "step": self.step,
-                  "method": name}
+        panels = {"truth (exact samples)": ref}
+        result = {"student": student, "student_nfe": 1, "step": self.step, "method": name}
+        if self.guided_teacher is not None:
+            if self._teacher_reference is None:
+                xt = self.teacher_samples(n, seed + 2, labels)
+                self._teacher_reference = (xt, exact_metrics(dist, xt, ref, cond=cond))
+            xt, teacher = self._teacher_reference
+            nfe = 2 * self.cfg.eval.teacher_steps - 1
+            panels[f"teacher, {nfe} NFE"] = xt
+            result.update(teacher=teacher, teacher_nfe=nfe)
+        panels[f"student {name}, 1 NFE"] = x
+        scatter_plot(self.out / f"samples_{tag}.png", panels, title=f"{dist.name} — step {self.step}", reference=ref)
         (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=1))
-        return {f"student/{k}": v for k, v in student.items()} | {f"teacher/{k}": v for k, v in teacher.items()}
+        return {f"student/{k}": v for k, v in student.items()} | {f"teacher/{k}": v for k, v in result.get("teacher", {}).items()}
 
     def export(self):
         if self.is_main:
