@@ -239,3 +239,34 @@ def test_smd_without_a_teacher_and_smt_without_an_alpha_input_are_clear_errors(t
         DistillTrainer(load_config(DistillConfig, None, [f"run.output_dir={tmp_path / 'b'}", "method.name=smt",
                                                           "teacher.source=none", "data.source=digits", "data.image_size=8",
                                                           "student.model.kind=unet", "student.model.block_out_channels=[8,16]"]))
+
+
+def test_alpha_path_starts_at_zero_so_the_copy_equals_the_teacher_for_every_alpha():
+    from gendiv import UNetDenoiser
+    from gendiv.condition import Condition
+    from gendiv.models import with_scalar_condition
+
+    torch.manual_seed(0)
+    mlp = MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=3)
+    unet = UNetDenoiser(unet_class="UNet2DConditionModel", unet_config=dict(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=[8, 16], down_block_types=["DownBlock2D"] * 2,
+        up_block_types=["UpBlock2D"] * 2, mid_block_type="UNetMidBlock2D", norm_num_groups=4, layers_per_block=1))
+    for teacher, x, labels in ((mlp, torch.randn(4, 2), torch.tensor([0, 1, 2, 0])), (unet, torch.randn(4, 1, 8, 8), None)):
+        student = with_scalar_condition(teacher, "alpha")
+        sigma = torch.tensor([0.01, 0.5, 2.0, 40.0])
+        want = teacher(x, sigma, Condition(class_labels=labels) if labels is not None else None)
+        for a in (0.0, 0.3, 1.0):
+            got = student(x, sigma, alpha_condition(Condition(class_labels=labels) if labels is not None else None,
+                                                    torch.full((4,), a)))
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with torch.no_grad():  # once trained, α matters: the path is real, not disconnected
+            next(p for n, p in student.named_parameters() if "inp.weight" in n or "cond_proj" in n).normal_()
+        assert not torch.equal(student(x, sigma, alpha_condition(None if labels is None else Condition(class_labels=labels),
+                                                                 torch.zeros(4))),
+                               student(x, sigma, alpha_condition(None if labels is None else Condition(class_labels=labels),
+                                                                 torch.ones(4))))
+    with pytest.raises(ValueError, match="needs a UNet2DConditionModel"):
+        with_scalar_condition(UNetDenoiser(unet_config=dict(sample_size=8, in_channels=1, out_channels=1,
+                                                            block_out_channels=[8, 16], norm_num_groups=4,
+                                                            down_block_types=["DownBlock2D"] * 2,
+                                                            up_block_types=["UpBlock2D"] * 2)), "alpha")
