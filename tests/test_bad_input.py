@@ -217,3 +217,20 @@ def test_resume_refuses_a_changed_config_and_says_what_differs(tmp_path, capsys)
         assert re.search(named, err) and "cannot resume" in err, err
     main(TRAIN + ["run.steps=4", f"run.output_dir={out}", "--resume", "eval.num_samples=8"])  # eval/steps may change
     assert "resumed from step 2" in capsys.readouterr().out
+
+
+def test_resume_from_a_checkpoint_without_a_saved_config_still_fails_clearly(tmp_path, capsys):
+    """Checkpoints written before configs were saved with them: a model mismatch is one clear line, not torch's."""
+    from gendiv.training.checkpoint import write_manifest
+
+    out = tmp_path / "run"
+    main(TRAIN + ["run.steps=2", "run.checkpoint_every=2", f"run.output_dir={out}"])
+    ckpt = out / "checkpoints" / "step-00000002"
+    (ckpt / "config.json").unlink()
+    write_manifest(ckpt)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(TRAIN + ["run.steps=4", f"run.output_dir={out}", "--resume", "model.hidden=64"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "does not fit this run's networks" in err and "Traceback" not in err

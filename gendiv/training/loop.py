@@ -227,7 +227,12 @@ class TrainingLoop:
         if state["world_size"] != acc.num_processes:
             raise CheckpointError(f"checkpoint {folder} was written by {state['world_size']} processes; "
                                   f"resume it with the same number (got {acc.num_processes})")
-        acc.load_state(str(folder))
+        try:
+            acc.load_state(str(folder))
+        except (RuntimeError, KeyError, ValueError) as e:  # e.g. "size mismatch for ..." from an older checkpoint
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {folder} does not fit this run's networks or optimisers ({first[:300]}); "
+                                  "resume with the config it was written with, or start a new run.output_dir") from None
         self.gen.set_state(load_file(str(folder / f"data_rng_{acc.process_index}.safetensors"))["state"])
         for name, (ema, _, _) in self.ema.items():
             ema.load_state_dict(load_file(str(folder / f"ema_{name}.safetensors")))
