@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from ..condition import Condition
 from ..kernels import weighted_difference
-from ..space import append_dims, edm_loss_weight
+from ..space import append_dims
+from .denoising import weighted_denoising_error
 from .distill import (DistillationMethod, DistillBatch, DMD2Options, MethodOptions, StepContext, score_difference_step,
                       surrogate_loss)
 
@@ -56,11 +57,9 @@ def mixture_denoising_loss(d_real: torch.Tensor, x_real: torch.Tensor, d_fake: t
 
     Its minimiser is the mixture denoiser E_{αp_σ + (1−α)q_σ}[x₀ | x_σ]; α = 0 or 1 just drops one term.
     """
-    lam = edm_loss_weight(sigma.float())
-    err_real = (d_real.float() - x_real.float()).pow(2).flatten(1).mean(1)
-    err_fake = (d_fake.float() - x_fake.float()).pow(2).flatten(1).mean(1)
     a = alpha.float()
-    return lam * (a * err_real + (1 - a) * err_fake)
+    sigma = sigma.float()
+    return a * weighted_denoising_error(d_real, x_real, sigma) + (1 - a) * weighted_denoising_error(d_fake, x_fake, sigma)
 
 
 def smt_pseudo_gradient(x: torch.Tensor, f0: torch.Tensor, f_alpha: torch.Tensor, f1: torch.Tensor,
@@ -214,7 +213,7 @@ class SMD(_AlphaSampling, DistillationMethod):
         logits = head(feats)
         with torch.no_grad():
             d_teacher = batch.teacher(x_in, torch.cat([sigma, sigma]), all_cond)
-        dsm = (edm_loss_weight(sigma) * (d_fake[:bs].float() - x_fake.float()).pow(2).flatten(1).mean(1)).mean()
+        dsm = weighted_denoising_error(d_fake[:bs], x_fake, sigma).mean()
         weight = mixture_weight(logits, torch.cat([alpha, alpha]))
         interp = append_dims(weight, x_fake.ndim) * d_teacher.float() + append_dims(1 - weight, x_fake.ndim) * d_fake.detach().float()
         mix = mixture_denoising_loss(interp[bs:], d_teacher[bs:], interp[:bs], d_fake[:bs].detach(), sigma, alpha).mean()
