@@ -5,13 +5,15 @@ fresh process (diffusers 0.42.1 refuses third-party modules that are not yet imp
 """
 __version__ = "0.1.0"
 
-from . import space  # noqa: F401
+from . import reflection, space  # noqa: F401
 from .condition import Condition
 from .guidance import ClassifierFreeGuidance
 from .models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, UNetDenoiser
-from .pipelines import GenDivPipeline, OneStepPipeline
+from .pipelines import GenDivPipeline, OneStepPipeline, ReflectedDiffusionPipeline
+from .schedulers import ReflectedODEScheduler, ReflectedSDEScheduler, ThresholdedSDEScheduler
 from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
 
 __all__ = ["Condition", "ClassifierFreeGuidance", "DiscriminatorHead", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser",
-           "GenDivPipeline", "OneStepPipeline", "AnalyticDenoiser",
+           "GenDivPipeline", "OneStepPipeline", "ReflectedDiffusionPipeline", "ReflectedODEScheduler",
+           "ReflectedSDEScheduler", "ThresholdedSDEScheduler", "AnalyticDenoiser",
            "GaussianMixture", "get_distribution"]

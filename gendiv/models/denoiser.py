@@ -89,6 +89,17 @@ class DenoiserMixin:
         batch = x.shape[0]
         sigma = as_sigma_batch(sigma, batch, device=x.device)
         self._check_condition(cond, batch)
+        shift, scale = self.config.get("data_shift", 0.0), self.config.get("data_scale", 1.0)
+        if (shift, scale) != (0.0, 1.0):
+            # an exact change of variables: the network works on (x − shift)/scale at σ/scale (e.g. a [0, 1] box seen
+            # as [−1, 1]), and D is mapped back, so callers see the data's own coordinates
+            out = self._denoise((x - shift) / scale, sigma / scale, cond, return_features)
+            denoised, feats = out if return_features else (out, None)
+            denoised = shift + scale * denoised
+            return (denoised, feats) if return_features else denoised
+        return self._denoise(x, sigma, cond, return_features)
+
+    def _denoise(self, x, sigma, cond, return_features):
         p, pred_type = self.config.parameterization, self.config.prediction_type
         s = append_dims(sigma, x.ndim)
         if p == "edm":
@@ -138,12 +149,15 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
             (UNet2DConditionModel with ``time_cond_proj_dim``) as a sinusoidal embedding.
         c_noise_scale: the UNet's timestep is ``c_noise_scale · ln(σ)/4`` in the EDM parameterisation (1.0 matches
             diffusers' EDM schedulers; the default spreads σ over the positional embedding's range).
+        data_shift, data_scale: the network sees (x − shift)/scale at σ/scale and D is mapped back (reflected models
+            on a [0, 1] box use shift ½, scale ½, so the network works on [−1, 1] as EDM's preconditioning expects).
     """
 
     @register_to_config
     def __init__(self, unet_class: str = "UNet2DModel", unet_config: dict | None = None, parameterization: str = "edm",
                  prediction_type: str = "epsilon", sigma_data: float = SIGMA_DATA, num_classes: int | None = None,
-                 scalar_names: list | None = None, c_noise_scale: float = 250.0, vp_schedule: dict | None = None):
+                 scalar_names: list | None = None, c_noise_scale: float = 250.0, vp_schedule: dict | None = None,
+                 data_shift: float = 0.0, data_scale: float = 1.0):
         super().__init__()
         self._check_parameterization(parameterization, prediction_type)
         if unet_class not in UNET_CLASSES:
@@ -213,7 +227,8 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, num_classes: int | None = None,
                  scalar_names: list | None = None, embed_dim: int = 32, sigma_data: float = SIGMA_DATA,
-                 parameterization: str = "edm", prediction_type: str = "epsilon", c_noise_scale: float = 1.0):
+                 parameterization: str = "edm", prediction_type: str = "epsilon", c_noise_scale: float = 1.0,
+                 data_shift: float = 0.0, data_scale: float = 1.0):
         super().__init__()
         self._check_parameterization(parameterization, prediction_type)
         if parameterization != "edm":

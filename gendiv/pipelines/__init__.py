@@ -1,4 +1,5 @@
 from .pipeline_edm import GenDivPipeline
 from .pipeline_one_step import OneStepPipeline
+from .pipeline_reflected import ReflectedDiffusionPipeline
 
-__all__ = ["GenDivPipeline", "OneStepPipeline"]
+__all__ = ["GenDivPipeline", "OneStepPipeline", "ReflectedDiffusionPipeline"]

@@ -16,8 +16,12 @@ class DataConfig:
     image_size: int | None = None          # resize images to this square size
     channels: int | None = None            # image folders: 1 or 3 (default: from the files)
     use_labels: bool = True                # class-conditional when the data has labels
+    image_range: list = field(default_factory=lambda: [-1.0, 1.0])  # pixel values map to [low, high] (reflected: [0, 1])
 
     def __post_init__(self):
+        check(isinstance(self.image_range, list) and len(self.image_range) == 2
+              and all(isinstance(v, (int, float)) for v in self.image_range) and self.image_range[1] > self.image_range[0],
+              f"data.image_range must be [low, high] with high > low, got {self.image_range!r}")
         check(self.image_size is None or self.image_size >= 1, f"data.image_size must be ≥ 1, got {self.image_size}")
         check(self.channels in (None, 1, 3), f"data.channels must be 1, 3 or null, got {self.channels}")
         kind = self.source.partition(":")[0]
@@ -53,11 +57,15 @@ class ModelConfig:
 
 
 def build_data(cfg: DataConfig):
-    return build_source(cfg.source, cfg.image_size, cfg.channels, cfg.use_labels)
+    source = build_source(cfg.source, cfg.image_size, cfg.channels, cfg.use_labels)
+    low, high = cfg.image_range
+    if source.is_image and (low, high) != (-1.0, 1.0):  # sources load images in [-1, 1]
+        source.images = low + (high - low) * (source.images + 1) / 2
+    return source
 
 
-def build_model(cfg: ModelConfig, source) -> torch.nn.Module:
-    """An MLP denoiser for point data, a UNet denoiser for images."""
+def build_model(cfg: ModelConfig, source, **denoiser_kwargs) -> torch.nn.Module:
+    """An MLP denoiser for point data, a UNet denoiser for images (``denoiser_kwargs``: e.g. data_shift/data_scale)."""
     kind = cfg.kind
     if kind == "auto":
         kind = "unet" if source.is_image else "mlp"
@@ -67,7 +75,7 @@ def build_model(cfg: ModelConfig, source) -> torch.nn.Module:
             raise ValueError("model.kind=mlp needs point data; use unet for images")
         return MLPDenoiser(dim=source.shape[0], hidden=cfg.hidden, depth=cfg.depth, num_classes=num_classes,
                            scalar_names=list(cfg.scalar_names), parameterization=cfg.parameterization,
-                           prediction_type=cfg.prediction_type)
+                           prediction_type=cfg.prediction_type, **denoiser_kwargs)
     if kind not in ("unet", "unet_cond"):
         raise ValueError(f"unknown model.kind {cfg.kind!r}; choose auto, mlp, unet or unet_cond")
     if not source.is_image:
@@ -95,4 +103,4 @@ def build_model(cfg: ModelConfig, source) -> torch.nn.Module:
                            time_cond_proj_dim=cfg.time_cond_proj_dim if cfg.scalar_names else None, dropout=cfg.dropout)
     return UNetDenoiser(unet_class=unet_class, unet_config=unet_config, parameterization=cfg.parameterization,
                         prediction_type=cfg.prediction_type, num_classes=num_classes,
-                        scalar_names=list(cfg.scalar_names))
+                        scalar_names=list(cfg.scalar_names), **denoiser_kwargs)
