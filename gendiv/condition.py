@@ -75,3 +75,16 @@ def as_condition(cond=None, class_labels=None) -> Condition | None:
     if cond is not None:
         class_labels = cond
     return Condition(class_labels=torch.as_tensor(class_labels).long())
+
+
+# Guidance-free (GFT) and guidance-distilled models take the guidance scale as an input, in diffusers' convention
+# (LCM / StableDiffusionPipeline with time_cond_proj_dim): the scalar is w = s − 1 = 1/β − 1.
+GUIDANCE_SCALAR = "guidance"
+
+
+def with_guidance_scale(cond: Condition | None, guidance_scale, batch: int, device) -> Condition:
+    """``cond`` plus the scalar w = s − 1 that a guidance-free model reads (s: float or [B])."""
+    w = (torch.as_tensor(guidance_scale, dtype=torch.float32, device=device) - 1).expand(batch).clone()
+    if cond is None:
+        return Condition(scalars={GUIDANCE_SCALAR: w})
+    return Condition(cond.class_labels, cond.drop, {**cond.scalars, GUIDANCE_SCALAR: w})

@@ -109,7 +109,14 @@ CLI_CASES = [
      r"reflected: need 0 < sigma_min < sigma_max, got sigma_min=0"),
     ("reflected: box high ≤ low", TRAIN + ["objective=reflected", "reflected.box=[1, 0]"],
      r"reflected\.box needs high > low, got \[1, 0\]"),
-    ("unknown objective", TRAIN + ["objective=flow"], r"objective must be one of \['edm', 'reflected'\], got 'flow'"),
+    ("unknown objective", TRAIN + ["objective=flow"], r"objective must be one of \['edm', 'gft', 'model_guidance', "
+     r"'reflected'\], got 'flow'"),
+    ("gft: β outside (0, 1]", TRAIN + ["objective=gft", "data.source=toy:conditional2d", "guidance_free.beta_min=1.5"],
+     r"guidance_free\.beta_min must be in \[0, 1\) \(β = 1/s ∈ \(0, 1\]\), got 1\.5"),
+    ("gft: unlabelled data", TRAIN + ["objective=gft", "data.source=toy:ring8_imbalanced"],
+     r"objective gft needs class labels, but data toy:ring8_imbalanced has none"),
+    ("gft: init_from missing", TRAIN + ["objective=gft", "data.source=toy:conditional2d", "guidance_free.init_from={t}/nope"],
+     r"nope"),
     ("stats without sigma", ["fid", "{t}/imgs.npz", "{t}/nosigma.npz", "--inception-weights", "{t}/garbage.pt"],
      r"(nosigma\.npz is not a statistics file \(needs 'mu' and 'sigma'|cannot read Inception weights)"),
 ]

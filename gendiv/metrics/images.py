@@ -65,11 +65,11 @@ def dataset_images(name: str) -> list[np.ndarray]:
 
 
 def pipeline_images(path: str | Path, num_samples: int, batch_size: int = 64, seed: int = 0) -> list[np.ndarray]:
-    """Generate ``num_samples`` images from a saved GenDivPipeline or OneStepPipeline, in batches."""
-    from ..pipelines import GenDivPipeline, OneStepPipeline
+    """Generate ``num_samples`` images from a saved gendiv pipeline (multi-step, one-step or reflected), in batches."""
+    from .. import pipelines
 
     index = json.loads((Path(path) / "model_index.json").read_text())
-    cls = OneStepPipeline if index["_class_name"] == "OneStepPipeline" else GenDivPipeline
+    cls = getattr(pipelines, index["_class_name"], pipelines.GenDivPipeline)
     pipe = cls.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)

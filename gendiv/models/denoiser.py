@@ -25,13 +25,20 @@ PARAMETERIZATIONS = {
 UNET_CLASSES = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}
 
 
-def scalar_embedding(values: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of a scalar in [0, 1]-ish range, scaled by 1000 like diffusion timesteps."""
+def scalar_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """diffusers' ``get_guidance_scale_embedding`` (LCM / StableDiffusionPipeline's ``timestep_cond``, after VDM):
+    sin and cos of 1000·v at frequencies 10000^(−i/(half − 1)), zero-padded to an odd ``dim``.
+
+    Matching it exactly is what lets a guidance-free UNet saved by gendiv run in diffusers' pipelines, which feed
+    ``timestep_cond = get_guidance_scale_embedding(guidance_scale − 1)`` (tests/test_guidance.py compares them).
+    """
+    values = values.float() * 1000.0
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=values.device, dtype=torch.float32) / half)
-    args = 1000.0 * values.float()[:, None] * freqs[None]
-    emb = torch.cat([args.sin(), args.cos()], dim=1)
-    return nn.functional.pad(emb, (0, dim - 2 * half))
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=values.device)
+                      * -(torch.log(torch.tensor(10000.0)) / (half - 1)).to(values.device))
+    args = values[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return nn.functional.pad(emb, (0, 1)) if dim % 2 == 1 else emb
 
 
 class DenoiserMixin:

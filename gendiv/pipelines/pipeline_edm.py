@@ -5,7 +5,7 @@ import torch
 from diffusers import EDMEulerScheduler
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..condition import Condition
+from ..guidance import resolve_guider
 from ..models.denoiser import sample_shape
 from .output import check_batch_size, initial_noise, make_class_labels, postprocess
 
@@ -42,12 +42,18 @@ class GenDivPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, class_labels=None, num_inference_steps: int = 18,
                  generator: torch.Generator | list | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True):
+                 output_type: str = "pil", return_dict: bool = True, guidance_scale: float = 1.0, guider=None):
         """Generate samples.
 
         Args:
             batch_size: number of samples.
             class_labels: int, list or tensor of labels (conditional models); random labels if omitted.
+            guidance_scale: classifier-free guidance scale s, diffusers' convention (1 = off; the null class of label
+                dropout is the unconditional pass). For a GFT model (scalar condition ``guidance``) it is the model's
+                input instead: one network pass per step.
+            guider: a gendiv guider (``IntervalGuidance(ClassifierFreeGuidance(pipe.denoiser, 2), 0.3, 5)``,
+                ``AutoGuidance(...)``, ...) or a stock diffusers guider (``AdaptiveProjectedGuidance(...)``) in place of
+                ``guidance_scale``.
             num_inference_steps: scheduler steps (one denoiser call each for Euler).
             generator: torch.Generator (or one per sample) for reproducible noise.
             latents: initial noise at unit scale, shape [batch, ...]; drawn if omitted.
@@ -60,14 +66,17 @@ class GenDivPipeline(DiffusionPipeline):
         device = self._execution_device
         shape = sample_shape(self.denoiser, batch_size)
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
-        cond = None if labels is None else Condition(class_labels=labels)
+        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device,
+                                        (self.scheduler.config.sigma_min, self.scheduler.config.sigma_max))
         x = initial_noise(shape, generator, device, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = x * self.scheduler.sigmas[0].to(device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             sigma = torch.exp(4 * t.float())  # EDM schedulers' timesteps are c_noise = ln(σ)/4
             self.scheduler.scale_model_input(x, t)  # keeps the scheduler's bookkeeping; D does its own c_in
-            denoised = self.denoiser(x, sigma.expand(batch_size).to(device), cond)
+            if hasattr(denoiser, "set_state"):  # a diffusers guider follows the loop
+                denoiser.set_state(i, len(self.scheduler.timesteps), t)
+            denoised = denoiser(x, sigma.expand(batch_size).to(device), cond)
             model_output = self._raw_model_output(denoised, x, sigma)
             x = self.scheduler.step(model_output, t, x, generator=generator if not isinstance(generator, list) else None).prev_sample
         out = postprocess(x, output_type)

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
-from ..condition import Condition
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import resolve_guider
 from ..models.denoiser import sample_shape
 from .output import check_batch_size, make_class_labels, postprocess
 
@@ -31,13 +30,14 @@ class ReflectedDiffusionPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, class_labels=None, guidance_scale: float = 1.0,
                  num_inference_steps: int = 100, generator: torch.Generator | None = None, output_type: str = "pil",
-                 return_dict: bool = True):
+                 return_dict: bool = True, guider=None):
         """Generate samples inside the scheduler's box.
 
         Args:
             batch_size: number of samples.
             class_labels: int, list or tensor of labels (conditional models); random labels if omitted.
             guidance_scale: classifier-free guidance scale s (1 = the conditional model, no extra pass).
+            guider: a gendiv or diffusers guider instead of ``guidance_scale`` (see ``GenDivPipeline``).
             num_inference_steps: denoiser calls per sample (the last one is the final denoise at σ_min), plus
                 ``scheduler.config.corrector_steps`` Langevin calls per step where the scheduler has them.
             generator: torch.Generator for reproducible samples.
@@ -46,19 +46,17 @@ class ReflectedDiffusionPipeline(DiffusionPipeline):
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
         """
         batch_size = check_batch_size(batch_size)
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
         device = self._execution_device
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
-        cond = None if labels is None else Condition(class_labels=labels)
-        if guidance_scale != 1.0 and cond is None:
-            raise ValueError("guidance_scale ≠ 1 needs a class-conditional model (it has no null class to guide against)")
-        denoiser = ClassifierFreeGuidance(self.denoiser, guidance_scale)
+        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device,
+                                        (self.scheduler.config.sigma_min, self.scheduler.config.sigma_max))
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         x = self.scheduler.prior_sample(sample_shape(self.denoiser, batch_size), generator, device)
         corrector_steps = getattr(self.scheduler.config, "corrector_steps", 0)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             sigma = t.expand(batch_size)
+            if hasattr(denoiser, "set_state"):
+                denoiser.set_state(i, len(self.scheduler.timesteps), t)
             for _ in range(corrector_steps if t != self.scheduler.timesteps[-1] else 0):
                 x = self.scheduler.step_correct(denoiser(x, sigma, cond), t, x, generator=generator)
             x = self.scheduler.step(denoiser(x, sigma, cond), t, x, generator=generator).prev_sample

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..condition import Condition
+from ..condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
+from ..models import with_scalar_condition
 from ..objectives import denoising_loss
+from ..objectives.guidance_free import gft_loss, model_guidance_loss
 from ..objectives.reflected import (REFLECTED_SIGMA_SAMPLERS, WEIGHTINGS, reflected_denoising_loss,
                                     sample_reflected_sigma)
 from ..pipelines import GenDivPipeline, ReflectedDiffusionPipeline
@@ -84,14 +86,30 @@ class ReflectedConfig:
 
 
 @dataclass
+class GuidanceFreeConfig:
+    """Guidance-free objectives (``objective: gft`` or ``model_guidance``, methods.md §5)."""
+
+    beta_min: float = 0.0            # gft: β ~ U(beta_min, 1], i.e. guidance scales 1/β up to 1/beta_min
+    scale: float = 1.0               # model_guidance: w, the model converges to CFG at s = 1 + w
+    init_from: str | None = None     # fine-tune: a saved conditional GenDivPipeline; its β path starts at zero
+    eval_guidance_scale: float = 1.0  # the scale the evaluation samples (and metrics) use
+
+    def __post_init__(self):
+        check(0 <= self.beta_min < 1, f"guidance_free.beta_min must be in [0, 1) (β = 1/s ∈ (0, 1]), got {self.beta_min}")
+        check(self.scale >= 0, f"guidance_free.scale must be ≥ 0, got {self.scale}")
+        check(self.eval_guidance_scale >= 1, f"guidance_free.eval_guidance_scale must be ≥ 1, got {self.eval_guidance_scale}")
+
+
+@dataclass
 class TrainConfig:
-    objective: str = "edm"           # edm | reflected
+    objective: str = "edm"           # edm | reflected | gft | model_guidance
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     reflected: ReflectedConfig = field(default_factory=ReflectedConfig)
+    guidance_free: GuidanceFreeConfig = field(default_factory=GuidanceFreeConfig)
 
     def __post_init__(self):
         check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -119,8 +137,11 @@ class EDMObjective:
     def __init__(self, cfg: TrainConfig, source):
         self.cfg = cfg
 
-    def loss(self, model, x0, cond, generator):
+    def loss(self, model, x0, cond, generator, ema_model=None):
         return denoising_loss(model, x0, cond, sigma_sampler=self.cfg.optim.sigma_sampler, generator=generator)
+
+    def prepare_model(self, model):
+        return model
 
     def sample(self, denoiser, source, n: int, seed: int, device):
         x, labels = sample_with(denoiser, source, n, self.cfg.eval, seed, device)
@@ -149,7 +170,10 @@ class ReflectedObjective:
         """The network sees the box as [−1, 1] (measured: on [0, 1] an MLP learns the box checkerboard far slower)."""
         return {"data_shift": 0.5 * (self.box.low + self.box.high), "data_scale": 0.5 * self.box.width}
 
-    def loss(self, model, x0, cond, generator):
+    def prepare_model(self, model):
+        return model
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
         c = self.cfg
         sigma = sample_reflected_sigma(x0.shape[0], c.sigma_min, c.sigma_max, c.sigma_sampler, scale=0.5 * self.box.width,
                                        generator=generator, device=x0.device)
@@ -177,7 +201,51 @@ class ReflectedObjective:
         return 2 * self.box.to_unit(x) - 1
 
 
-OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective}
+class GuidanceFreeObjective(EDMObjective):
+    """GFT: the EDM loss on D_c = β·D_s + (1 − β)·sg[D_u]; the model takes w = 1/β − 1 as its ``guidance`` input and
+    samples guided with one pass per step (GenDivPipeline(guidance_scale=s))."""
+
+    def __init__(self, cfg: TrainConfig, source):
+        super().__init__(cfg, source)
+        self.options = cfg.guidance_free
+        if source.num_classes is None:
+            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+
+    def prepare_model(self, model):
+        if self.options.init_from is None:
+            return with_scalar_condition(model, GUIDANCE_SCALAR, self.cfg.model.time_cond_proj_dim)
+        base = GenDivPipeline.from_pretrained(self.options.init_from).denoiser
+        if base.config.get("num_classes") != model.config.get("num_classes"):
+            raise ValueError(f"guidance_free.init_from={self.options.init_from} has num_classes="
+                             f"{base.config.get('num_classes')}, the data {model.config.get('num_classes')}")
+        return with_scalar_condition(base, GUIDANCE_SCALAR, self.cfg.model.time_cond_proj_dim)  # zero-initialised β path: starts equal to the base
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        return gft_loss(model, x0, cond, self.options.beta_min, generator, sigma_sampler=self.cfg.optim.sigma_sampler)
+
+    def sample(self, denoiser, source, n: int, seed: int, device):
+        s = self.options.eval_guidance_scale
+        guided = lambda x, sigma, c: denoiser(x, sigma, with_guidance_scale(c, s, x.shape[0], x.device))  # noqa: E731
+        x, labels, how = super().sample(guided, source, n, seed, device)
+        return x, labels, f"{how}, 1 pass/step at s = {s:g}"
+
+
+class ModelGuidanceObjective(EDMObjective):
+    """Model guidance: the EDM loss with the target shifted by the EMA model's guidance direction (scale w)."""
+
+    def __init__(self, cfg: TrainConfig, source):
+        super().__init__(cfg, source)
+        self.options = cfg.guidance_free
+        if source.num_classes is None:
+            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        return model_guidance_loss(model, ema_model, x0, cond, self.options.scale, generator,
+                                   sigma_sampler=self.cfg.optim.sigma_sampler)
+
+
+OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective, "gft": GuidanceFreeObjective,
+              "model_guidance": ModelGuidanceObjective}
 
 
 class DiffusionTrainer(TrainingLoop):
@@ -186,7 +254,7 @@ class DiffusionTrainer(TrainingLoop):
         self.cfg = cfg
         self.source = build_data(cfg.data)
         self.objective = OBJECTIVES[cfg.objective](cfg, self.source)
-        model = build_model(cfg.model, self.source, **self.objective.denoiser_kwargs())
+        model = self.objective.prepare_model(build_model(cfg.model, self.source, **self.objective.denoiser_kwargs()))
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                                 weight_decay=cfg.optim.weight_decay)
         self.model, self.opt = self.accelerator.prepare(model, opt)
@@ -197,7 +265,8 @@ class DiffusionTrainer(TrainingLoop):
         x0, labels = self.source.sample_batch(self.run.batch_size, self.gen)
         cond = draw_condition(labels, self.cfg.optim.cond_drop_prob, self.gen)
         with self.accelerator.autocast():
-            loss = self.objective.loss(self.model, x0.to(dev), None if cond is None else cond.to(dev), self.gen)
+            loss = self.objective.loss(self.model, x0.to(dev), None if cond is None else cond.to(dev), self.gen,
+                                       ema_model=self.ema_model)
         self.check_finite("denoising loss", loss)
         grad_norm = self.clip_and_step(self.model, self.opt, loss, "denoiser")
         self.update_ema("denoiser")

@@ -1,0 +1,315 @@
+"""Guidance (issue 11): the guiders against exact class-conditional mixture scores, their composition, diffusers
+interop both ways, guidance in the pipelines, and guidance-free training (GFT, model guidance)."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import EDMEulerScheduler
+from diffusers.guiders import AdaptiveProjectedGuidance
+from diffusers.guiders import ClassifierFreeGuidance as DiffusersCFG
+
+from gendiv import GenDivPipeline, MLPDenoiser, UNetDenoiser
+from gendiv.condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
+from gendiv.guidance import (AutoGuidance, ClassifierFreeGuidance, DiffusersGuidance, IndependentConditionGuidance,
+                             IntervalGuidance, SigmaIntervalGuider, TimestepGuidance, UnconditionalPriorGuidance)
+from gendiv.models import scalar_embedding, with_scalar_condition
+from gendiv.objectives.guidance_free import draw_beta, gft_conditional, gft_loss
+from gendiv.toy import AnalyticDenoiser, get_distribution
+
+DIST = get_distribution("conditional2d")
+EXACT = AnalyticDenoiser(DIST)
+
+
+def noised_batch(n=256, sigma=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = DIST.sample_labels(n, g)
+    x = DIST.sample(n, g, class_labels=labels).double() + sigma * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, torch.full((n,), sigma, dtype=torch.float64), Condition(class_labels=labels)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# math with exact scores
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("s", [0.0, 1.0, 2.5, 4.0])
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.5])
+def test_cfg_is_the_score_of_the_tilted_density(s, sigma):
+    """(D_s − x)/σ² = s·∇log p_σ(x|c) + (1 − s)·∇log p_σ(x), the score of p(x|c)^s p(x)^(1−s)."""
+    x, sig, cond = noised_batch(sigma=sigma)
+    x = x.requires_grad_()
+    (g_c,) = torch.autograd.grad(DIST.log_prob(x, sig, cond).sum(), x)
+    (g_u,) = torch.autograd.grad(DIST.log_prob(x, sig).sum(), x)
+    guided = ClassifierFreeGuidance(EXACT, s)(x.detach(), sig, cond)
+    torch.testing.assert_close((guided - x.detach()) / sigma**2, s * g_c + (1 - s) * g_u, atol=1e-6 / sigma**2, rtol=1e-6)
+
+
+def test_scale_one_is_the_conditional_model_for_every_guider():
+    x, sig, cond = noised_batch()
+    plain = EXACT(x, sig, cond)
+    for guider in (ClassifierFreeGuidance(EXACT, 1.0), IndependentConditionGuidance(EXACT, 1.0),
+                   AutoGuidance(EXACT, EXACT, 1.0), UnconditionalPriorGuidance(EXACT, EXACT, 1.0),
+                   IntervalGuidance(ClassifierFreeGuidance(EXACT, 1.0), 0.1, 1.0)):
+        torch.testing.assert_close(guider(x, sig, cond), plain)
+
+
+def test_interval_equals_cfg_inside_and_conditional_outside():
+    x, _, cond = noised_batch(n=6)
+    sigma = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 5.0], dtype=torch.float64)
+    guided = IntervalGuidance(ClassifierFreeGuidance(EXACT, 3.0), sigma_lo=0.2, sigma_hi=1.0)(x, sigma, cond)
+    full = ClassifierFreeGuidance(EXACT, 3.0)(x, sigma, cond)
+    plain = EXACT(x, sigma, cond)
+    inside = (sigma > 0.2) & (sigma <= 1.0)
+    torch.testing.assert_close(guided[inside], full[inside])
+    torch.testing.assert_close(guided[~inside], plain[~inside])
+    # composes with any guider: interval ∘ autoguidance
+    weak = AnalyticDenoiser(get_distribution("conditional2d", std=0.2))
+    auto = IntervalGuidance(AutoGuidance(EXACT, weak, 2.0), 0.2, 1.0)(x, sigma, cond)
+    torch.testing.assert_close(auto[inside], (weak(x, sigma, cond) + 2 * (plain - weak(x, sigma, cond)))[inside])
+    torch.testing.assert_close(auto[~inside], plain[~inside])
+
+
+def test_second_model_guiders():
+    x, sig, cond = noised_batch()
+    # unconditional prior = the same model's null pass → CFG
+    torch.testing.assert_close(UnconditionalPriorGuidance(EXACT, EXACT, 2.0)(x, sig, cond),
+                               ClassifierFreeGuidance(EXACT, 2.0)(x, sig, cond))
+    # a different prior: its unconditional prediction is the negative
+    other = AnalyticDenoiser(get_distribution("ring8_imbalanced"))
+    torch.testing.assert_close(UnconditionalPriorGuidance(EXACT, other, 2.0)(x, sig, cond),
+                               other(x, sig) + 2 * (EXACT(x, sig, cond) - other(x, sig)))
+    # autoguidance against itself is the model, at any scale; it needs no labels on an unconditional model
+    torch.testing.assert_close(AutoGuidance(EXACT, EXACT, 5.0)(x, sig, cond), EXACT(x, sig, cond))
+    ring = AnalyticDenoiser(get_distribution("ring8_imbalanced"))
+    weak = AnalyticDenoiser(get_distribution("ring8_imbalanced", std=0.15))
+    torch.testing.assert_close(AutoGuidance(ring, weak, 2.0)(x, sig), 2 * ring(x, sig) - weak(x, sig))
+
+
+def test_icg_uses_random_labels_not_the_null_class():
+    x, sig, cond = noised_batch(n=4000)
+    icg = IndependentConditionGuidance(EXACT, 2.0, seed=3)
+    neg = icg.negative_condition(cond, 4000, "cpu")
+    assert neg.drop is None or not neg.drop.any()
+    counts = torch.bincount(neg.class_labels, minlength=4).double() / 4000
+    assert (counts - 0.25).abs().max() < 0.03  # uniform, independent of x
+    out = icg(x, sig, cond)
+    assert not torch.allclose(out, ClassifierFreeGuidance(EXACT, 2.0)(x, sig, cond))
+    # the null pass (the whole mixture) is the average over independent labels of the class-conditional denoisers,
+    # weighted by p(c'|x): ICG's negative is an unbiased draw of a different (x-independent) average
+    assert torch.isfinite(out).all()
+
+
+def test_guidance_rescale_matches_the_formula():
+    x, sig, cond = noised_batch()
+    pos, neg = EXACT(x, sig, cond), EXACT(x, sig, cond.with_null())
+    guided = neg + 4 * (pos - neg)
+    want = 0.7 * guided * (pos.std(1) / guided.std(1))[:, None] + 0.3 * guided
+    torch.testing.assert_close(ClassifierFreeGuidance(EXACT, 4.0, guidance_rescale=0.7)(x, sig, cond), want)
+
+
+def test_tsg_on_a_unet(tiny_unet_config):
+    torch.manual_seed(0)
+    den = UNetDenoiser(unet_config=tiny_unet_config)  # unconditional: TSG needs no labels
+    x, sig = torch.randn(3, 1, 8, 8), torch.tensor([0.1, 1.0, 10.0])
+    plain = den(x, sig)
+    torch.testing.assert_close(TimestepGuidance(den, 1.0)(x, sig), plain)
+    torch.testing.assert_close(TimestepGuidance(den, 3.0, noise_scale=0.0)(x, sig), plain)
+    tsg = TimestepGuidance(den, 3.0, noise_scale=2.0)
+    out = tsg(x, sig)
+    assert torch.isfinite(out).all() and not torch.allclose(out, plain)
+    assert not tsg.embedding._forward_hooks  # the perturbation hook is removed after the negative pass
+    torch.testing.assert_close(den(x, sig), plain)
+
+
+def test_guidance_bad_input(tiny_unet_config):
+    x, sig, cond = noised_batch(n=4)
+    with pytest.raises(ValueError, match="time-step guidance perturbs a time-step embedding, but MLPDenoiser has no "
+                                         "time-embedding hook point"):
+        TimestepGuidance(MLPDenoiser(dim=2), 2.0)
+    unconditional = AnalyticDenoiser(get_distribution("ring8_imbalanced"))
+    with pytest.raises(ValueError, match="classifier-free guidance needs a class-conditional denoiser with a null class"):
+        ClassifierFreeGuidance(unconditional, 2.0)(x, sig)
+    with pytest.raises(ValueError, match="needs class labels"):
+        ClassifierFreeGuidance(EXACT, 2.0)(x, sig)
+    with pytest.raises(ValueError, match=r"guidance window \(100, 200\] lies outside the schedule's σ range \[0\.002, 80\]"):
+        IntervalGuidance(ClassifierFreeGuidance(EXACT, 2.0), 100, 200).check_schedule(0.002, 80)
+    with pytest.raises(ValueError, match="0 ≤ sigma_lo < sigma_hi"):
+        IntervalGuidance(ClassifierFreeGuidance(EXACT, 2.0), 1.0, 0.5)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        ClassifierFreeGuidance(EXACT, float("nan"))
+    with pytest.raises(ValueError, match=r"β must lie in \(0, 1\]"):
+        gft_conditional(MLPDenoiser(dim=2, num_classes=4, scalar_names=[GUIDANCE_SCALAR]), x.float(), sig.float(), cond,
+                        torch.tensor([0.5, 1.5, 0.2, 1.0]))
+    with pytest.raises(ValueError, match="hooks transformer layers"):
+        from diffusers.guiders import PerturbedAttentionGuidance
+        DiffusersGuidance(EXACT, PerturbedAttentionGuidance(perturbed_guidance_layers=[0]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# diffusers interop
+# ------------------------------------------------------------------------------------------------------------
+def test_scalar_embedding_is_diffusers_get_guidance_scale_embedding():
+    """Compared with diffusers' own function, read from its source (its module needs transformers to import)."""
+    import diffusers
+
+    source = Path(diffusers.__file__).parent / "pipelines" / "latent_consistency_models" / "pipeline_latent_consistency_text2img.py"
+    tree = ast.parse(source.read_text())
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "get_guidance_scale_embedding")
+    fn.decorator_list = []
+    namespace = {"torch": torch}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), "diffusers", "exec"), namespace)
+    w = torch.tensor([0.0, 0.5, 1.0, 6.5, 11.0])
+    for dim in (64, 256, 33):
+        torch.testing.assert_close(scalar_embedding(w, dim), namespace["get_guidance_scale_embedding"](None, w, dim),
+                                   atol=0, rtol=0)
+
+
+def _pipe(num_classes=3, seed=0):
+    torch.manual_seed(seed)
+    den = MLPDenoiser(dim=2, hidden=32, depth=1, num_classes=num_classes)
+    pipe = GenDivPipeline.from_denoiser(den)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_pipeline_guidance_scale_guider_and_stock_diffusers_guiders():
+    pipe = _pipe()
+    run = lambda **kw: pipe(batch_size=8, class_labels=[0, 1, 2, 0, 1, 2, 0, 1], num_inference_steps=6,  # noqa: E731
+                            output_type="pt", generator=torch.Generator().manual_seed(0), **kw).images
+    plain, cfg = run(), run(guidance_scale=3.0)
+    assert not torch.allclose(plain, cfg)
+    torch.testing.assert_close(run(guider=ClassifierFreeGuidance(pipe.denoiser, 3.0)), cfg)
+    torch.testing.assert_close(run(guider=DiffusersCFG(guidance_scale=3.0)), cfg)
+    assert torch.isfinite(run(guider=AdaptiveProjectedGuidance(guidance_scale=3.0))).all()
+    # σ-interval: gendiv's guider and the diffusers one (EDM timesteps are ln σ/4) give the same images
+    gendiv_interval = run(guider=IntervalGuidance(ClassifierFreeGuidance(pipe.denoiser, 3.0), 0.3, 5.0))
+    torch.testing.assert_close(run(guider=SigmaIntervalGuider(guidance_scale=3.0, sigma_lo=0.3, sigma_hi=5.0)),
+                               gendiv_interval)
+    assert not torch.allclose(gendiv_interval, cfg) and not torch.allclose(gendiv_interval, plain)
+    with pytest.raises(ValueError, match="give either guidance_scale"):
+        run(guidance_scale=2.0, guider=DiffusersCFG(guidance_scale=3.0))
+    with pytest.raises(ValueError, match="guider must be a gendiv guider"):
+        run(guider="cfg")
+    with pytest.raises(ValueError, match="lies outside the schedule's σ range"):
+        run(guider=IntervalGuidance(ClassifierFreeGuidance(pipe.denoiser, 3.0), 100.0, 200.0))
+
+
+def test_gendiv_guiders_save_as_diffusers_guiders(tmp_path):
+    from gendiv.guidance import IndependentConditionGuider
+
+    g = SigmaIntervalGuider(guidance_scale=2.0, sigma_lo=0.1, sigma_hi=2.0, timestep_format="sigma")
+    g.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "guider_config.json").read_text())["sigma_lo"] == 0.1
+    loaded = SigmaIntervalGuider.from_pretrained(tmp_path)
+    loaded.set_state(step=0, num_inference_steps=10, timestep=torch.tensor(0.5))
+    assert loaded.num_conditions == 2
+    loaded.set_state(step=1, num_inference_steps=10, timestep=torch.tensor(3.0))
+    assert loaded.num_conditions == 1  # outside the window: the conditional pass only
+    icg = IndependentConditionGuider(guidance_scale=2.0)
+    icg.set_state(step=0, num_inference_steps=1, timestep=torch.tensor(1.0))
+    embeds = torch.randn(4, 7, 16)
+    batches = icg.prepare_inputs({"prompt_embeds": (embeds, torch.zeros_like(embeds))})
+    assert torch.equal(batches[0].prompt_embeds, embeds)
+    neg = batches[1].prompt_embeds
+    assert not torch.equal(neg, torch.zeros_like(embeds)) and abs(float(neg.std() / embeds.std()) - 1) < 0.1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# guidance-free training
+# ------------------------------------------------------------------------------------------------------------
+def test_gft_at_beta_one_is_the_conditional_model_and_zero_init_starts_equal():
+    torch.manual_seed(0)
+    base = MLPDenoiser(dim=2, hidden=32, depth=2, num_classes=4)
+    gft = with_scalar_condition(base, GUIDANCE_SCALAR)
+    x, sig, cond = noised_batch(n=16)
+    x, sig = x.float(), sig.float()
+    for s in (1.0, 2.0, 7.0):  # the zero-initialised β path: equal to the base at every scale
+        torch.testing.assert_close(gft(x, sig, with_guidance_scale(cond, s, 16, "cpu")), base(x, sig, cond))
+    for p in gft.parameters():  # break the zero init so the two branches differ
+        p.data += 0.05 * torch.randn_like(p)
+    d_c = gft_conditional(gft, x, sig, cond, torch.ones(16))
+    torch.testing.assert_close(d_c, gft(x, sig, with_guidance_scale(cond, 1.0, 16, "cpu")))
+    beta = draw_beta(10000, 0.25, torch.Generator().manual_seed(0))
+    assert beta.min() > 0.25 - 1e-6 and beta.max() <= 1
+
+
+def test_gft_loss_trains_only_the_guided_branch():
+    torch.manual_seed(0)
+    model = MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=4, scalar_names=[GUIDANCE_SCALAR])
+    x, _, cond = noised_batch(n=32)
+    loss = gft_loss(model, x.float(), cond, generator=torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and model.training
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_gft_optimum_is_cfg_at_inverse_beta(tmp_path):
+    """Trained on the exact class-conditional suite (1,500 steps), D_s(x | c, β = 1/s) approaches the exact CFG
+    denoiser at s: the error is under half the guidance term ‖D_cfg − D_c‖ (measured 0.2–0.37 at σ = 0.5, 1)."""
+    from gendiv.cli import main
+
+    main(["train", "objective=gft", "data.source=toy:conditional2d", f"run.output_dir={tmp_path}", "run.steps=1500",
+          "run.progress=false", "eval.num_samples=200", "eval.num_steps=4"])
+    den = GenDivPipeline.from_pretrained(str(tmp_path / "pipeline")).denoiser
+    for sigma in (0.5, 1.0):
+        x, sig, cond = noised_batch(n=4000, sigma=sigma, seed=7)
+        with torch.no_grad():
+            gft = den(x.float(), sig.float(), with_guidance_scale(cond, 2.0, 4000, "cpu")).double()
+        target = ClassifierFreeGuidance(EXACT, 2.0)(x, sig, cond)
+        term = (target - EXACT(x, sig, cond)).norm(dim=1).pow(2).mean().sqrt()
+        err = (gft - target).norm(dim=1).pow(2).mean().sqrt()
+        assert err < 0.5 * term, (sigma, float(err), float(term))
+
+
+def test_gft_unet_matches_the_diffusers_convention(tmp_path):
+    """A GFT UNet2DConditionModel saved by gendiv: gendiv's pipeline at guidance_scale s equals the loop diffusers'
+    pipelines run for a UNet with time_cond_proj_dim (timestep_cond = get_guidance_scale_embedding(s − 1), no CFG)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet_cfg = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32], layers_per_block=1,
+                    norm_num_groups=8, down_block_types=["DownBlock2D", "DownBlock2D"],
+                    up_block_types=["UpBlock2D", "UpBlock2D"], mid_block_type="UNetMidBlock2D", num_class_embeds=4,
+                    time_cond_proj_dim=32)
+    den = UNetDenoiser(unet_class="UNet2DConditionModel", unet_config=unet_cfg, num_classes=3,
+                       scalar_names=[GUIDANCE_SCALAR], c_noise_scale=1.0)
+    for p in den.parameters():
+        p.data += 0.02 * torch.randn_like(p)  # make the β path matter
+    pipe = GenDivPipeline.from_denoiser(den)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    labels, s = torch.tensor([0, 2]), 3.0
+    ours = pipe(batch_size=2, class_labels=labels, guidance_scale=s, num_inference_steps=5, output_type="pt",
+                latents=torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))).images
+
+    # the saved UNet as a plain diffusers model: its weights from gendiv's safetensors, its config as saved
+    saved = GenDivPipeline.from_pretrained(str(tmp_path)).denoiser
+    unet = UNet2DConditionModel.from_config(dict(saved.config.unet_config))
+    unet.load_state_dict(saved.unet.state_dict())
+    sched = EDMEulerScheduler.from_pretrained(tmp_path / "scheduler")
+    sched.set_timesteps(5)
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * sched.sigmas[0]
+    emb = scalar_embedding(torch.full((2,), s - 1), unet.config.time_cond_proj_dim)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = unet(sched.scale_model_input(x, t), t.expand(2), encoder_hidden_states=None, class_labels=labels,
+                       timestep_cond=emb).sample
+            x = sched.step(out, t, x).prev_sample
+    torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="guidance_scale ≥ 1"):
+        pipe(batch_size=2, guidance_scale=0.5, num_inference_steps=2)
+    with pytest.raises(ValueError, match="needs no guider"):
+        pipe(batch_size=2, guider=DiffusersCFG(), num_inference_steps=2)
+
+
+def test_guidance_free_objectives_from_the_command_line(tmp_path):
+    from gendiv.cli import main
+
+    main(["train", "objective=model_guidance", "data.source=toy:conditional2d", f"run.output_dir={tmp_path / 'mg'}",
+          "run.steps=5", "run.progress=false", "eval.num_samples=64", "eval.num_steps=2", "guidance_free.scale=1.5"])
+    base = tmp_path / "mg" / "pipeline"
+    main(["train", "objective=gft", "data.source=toy:conditional2d", f"run.output_dir={tmp_path / 'ft'}", "run.steps=3",
+          "run.progress=false", "eval.num_samples=64", "eval.num_steps=2", f"guidance_free.init_from={base}",
+          "guidance_free.eval_guidance_scale=2"])
+    ft = GenDivPipeline.from_pretrained(str(tmp_path / "ft" / "pipeline")).denoiser
+    assert GUIDANCE_SCALAR in ft.config.scalar_names
