@@ -51,6 +51,25 @@ def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def timed_together(fns: dict, repeats: int = 10, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, measured in interleaved rounds (A B C A B C ...), so that drift in
+    the machine's speed during the run hits every variant alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            samples[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
 def machine() -> str:
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     return f"{dev}, torch {torch.__version__}, {platform.machine()}"
@@ -66,13 +85,19 @@ def table(header: list[str], rows: list[list]) -> str:
 # ------------------------------------------------------------------------------------------------------------
 @benchmark("kernel")
 def bench_kernel(args) -> str:
-    """Fused score-difference kernel vs the eager reference at batch 64×3×32×32."""
+    """At 64×3×32×32: the score-difference kernel alone (eager, compiled, Triton on CUDA), and f-distill's whole
+    per-step weighting (ratio from logits, clamp, σ bins, h, batch mean, DMD normaliser, weighted difference) eager
+    vs one compiled region; both against the one-pass floor measured in the same run (``torch.addcmul`` over the
+    same three tensors)."""
     from gendiv.kernels import triton_available, weighted_difference
+    from gendiv.objectives import FDistill
+    from gendiv.objectives.distill import StepContext
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(device=dev).manual_seed(0)
     x, dt, df = (torch.randn(64, 3, 32, 32, device=dev, generator=g) for _ in range(3))
     w = torch.rand(64, device=dev, generator=g)
+    floor = timed(lambda: torch.addcmul(x, dt, df), repeats=200)
     backends = ["eager", "compile"] + (["triton"] if triton_available() and dev == "cuda" else [])
     ref = weighted_difference(x, dt, df, w, backend="eager")
     rows, t_eager = [], None
@@ -80,18 +105,31 @@ def bench_kernel(args) -> str:
     for b in backends:
         out = weighted_difference(x, dt, df, w, backend=b)
         err = float((out - ref).abs().max())
-        t = timed(lambda: weighted_difference(x, dt, df, w, backend=b), repeats=50)
+        t = timed(lambda: weighted_difference(x, dt, df, w, backend=b), repeats=200)
         t_eager = t_eager or t
-        rows.append([b, t * 1e6, t_eager / t, moved / t / 1e9, err])
-    return (f"Score-difference kernel, 64×3×32×32, {machine()}\n\n"
-            + table(["backend", "µs/call", "speed-up vs eager", "effective GB/s", "max |Δ| vs eager"], rows))
+        rows.append([f"difference only, {b}", t * 1e6, t_eager / t, t / floor, moved / t / 1e9, err])
+    ctx = StepContext(x=x, sigma=torch.rand(64, device=dev) * 3, x_sigma=x, cond=None, d_teacher=dt, d_fake=df,
+                      logits=2 * torch.randn(64, device=dev))
+    methods = {b: FDistill("jensen_shannon", kernel_backend=b) for b in ("eager", "compile")}
+    ref = methods["eager"].pseudo_gradient(ctx)
+    t_eager = None
+    for b, m in methods.items():
+        err = float((m.pseudo_gradient(ctx) - ref).abs().max())
+        t = timed(lambda: m.pseudo_gradient(ctx), repeats=200)
+        t_eager = t_eager or t
+        rows.append([f"f-distill weighting, {'one compiled region' if b == 'compile' else 'eager'}", t * 1e6,
+                     t_eager / t, t / floor, moved / t / 1e9, err])
+    rows.append(["one-pass floor (addcmul)", floor * 1e6, "", 1.0, moved / floor / 1e9, ""])
+    return (f"64×3×32×32, {machine()}\n\n"
+            + table(["what", "µs/call", "speed-up vs eager", "× floor", "effective GB/s", "max |Δ| vs eager"], rows))
 
 
-def _tiny_image_setup(batch: int = 16):
+def _tiny_image_setup(batch: int = 16, channels_last: bool = False):
     """Teacher, fake and generator: the same tiny UNet (3×32×32) so passes are comparable."""
     from diffusers import UNet2DModel
 
     from gendiv.models import OneStepGenerator, UNetDenoiser
+    from gendiv.training.performance import apply_memory_format
 
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -99,87 +137,130 @@ def _tiny_image_setup(batch: int = 16):
     teacher = UNetDenoiser.from_unet(unet).eval().requires_grad_(False)
     fake = copy.deepcopy(teacher).requires_grad_(True).train()
     gen = OneStepGenerator.from_denoiser(teacher, 80.0).requires_grad_(True).train()
+    for m in (teacher, fake, gen):
+        apply_memory_format(m, channels_last)
     return teacher, fake, gen, batch
 
 
 @benchmark("step")
 def bench_step(args) -> str:
-    """A full DMD generator + fake-score step against (a) the sum of its unavoidable network passes and (b) a
-    plain eager loop written the way DMD2's code does it, on the same tiny UNet."""
+    """One DMD generator + fake-score step on a tiny UNet (3×32×32, batch 16): gendiv's step in its default
+    configuration (precision auto, channels-last, fused AdamW, the fake update reusing the generator step's samples)
+    and with every switch off, against a plain eager DMD2-style loop in fp32 and in bf16 autocast, and against the sum
+    of each configuration's unavoidable network passes (its floor: the rest is outside-network overhead)."""
     from gendiv.objectives import DMD, denoising_loss, score_difference_step
     from gendiv.space import edm_loss_weight, sample_sigma
+    from gendiv.training.performance import adamw, native_bf16, resolve_mixed_precision
 
-    teacher, fake, gen, bs = _tiny_image_setup()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-6)
-    opt_f = torch.optim.Adam(fake.parameters(), lr=1e-6)
-    method = DMD(kernel_backend="eager")
-    z = torch.randn(bs, 3, 32, 32)
+    default_precision = resolve_mixed_precision("auto", image_data=True)
 
-    def gendiv_step():
+    def setup(channels_last: bool, fused):
+        teacher, fake, gen, bs = _tiny_image_setup(channels_last=channels_last)
+        opt_g = adamw(gen.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
+        opt_f = adamw(fake.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
+        return teacher, fake, gen, bs, opt_g, opt_f, torch.randn(bs, 3, 32, 32)
+
+    def autocast(precision):
+        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                              enabled=precision == "bf16")
+
+    def gendiv_step(net, precision: str, reuse: bool):
+        teacher, fake, gen, bs, opt_g, opt_f, z = net
+        method = DMD(kernel_backend="auto")
         sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
         fake.requires_grad_(False)
-        x = gen(z)
-        ctx = score_difference_step(x, teacher, fake, sigma)
-        loss, _ = method.generator_loss(ctx)
+        with autocast(precision):
+            x = gen(z).float()
+            ctx = score_difference_step(x, teacher, fake, sigma)
+            loss, _ = method.generator_loss(ctx)
         loss.backward()
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
         fake.requires_grad_(True)
-        with torch.no_grad():
-            xf = gen(z)
-        loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
+        if reuse:
+            xf = x.detach()
+        else:
+            with torch.no_grad(), autocast(precision):
+                xf = gen(z).float()
+        with autocast(precision):
+            loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
         loss_f.backward()
         opt_f.step()
         opt_f.zero_grad(set_to_none=True)
 
-    def dmd2_reference_step():
+    def dmd2_reference_step(net, precision: str):
         # the DMD2 code path, written out: noise, two no-grad predictions, normalised gradient, surrogate MSE
+        teacher, fake, gen, bs, opt_g, opt_f, z = net
         sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980).view(-1, 1, 1, 1)
         fake.requires_grad_(False)
-        x = gen(z)
-        noisy = x + sigma * torch.randn_like(x)
-        with torch.no_grad():
-            pred_real = teacher(noisy, sigma.flatten())
-            pred_fake = fake(noisy, sigma.flatten())
-            p_real, p_fake = x - pred_real, x - pred_fake
-            grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
-            grad = torch.nan_to_num(grad)
-        loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
+        with autocast(precision):
+            x = gen(z).float()
+            noisy = x + sigma * torch.randn_like(x)
+            with torch.no_grad():
+                pred_real = teacher(noisy, sigma.flatten()).float()
+                pred_fake = fake(noisy, sigma.flatten()).float()
+                p_real, p_fake = x - pred_real, x - pred_fake
+                grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
+                grad = torch.nan_to_num(grad)
+            loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
         loss.backward()
         opt_g.step()
         opt_g.zero_grad(set_to_none=True)
         fake.requires_grad_(True)
-        with torch.no_grad():
-            xf = gen(z)
+        with torch.no_grad(), autocast(precision):
+            xf = gen(z).float()
         s2 = sample_sigma("karras_index", bs).view(-1, 1, 1, 1)
-        pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten())
-        loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
+        with autocast(precision):
+            pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten()).float()
+            loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
         loss_f.backward()
         opt_f.step()
         opt_f.zero_grad(set_to_none=True)
 
-    sigma = torch.full((bs,), 1.0)
-
-    def passes():
-        # generator forward+backward, teacher forward, fake forward (no grad), generator forward (no grad),
-        # fake forward+backward: the passes no implementation can avoid
-        x = gen(z)
-        x.sum().backward()
-        with torch.no_grad():
-            teacher(x.detach(), sigma)
-            fake(x.detach(), sigma)
-            xf = gen(z)
-        fake(xf, sigma).sum().backward()
+    def passes(net, precision: str, reuse: bool):
+        # generator forward+backward, teacher forward, fake forward (no grad), [generator forward (no grad)],
+        # fake forward+backward: the passes no implementation of that configuration can avoid
+        teacher, fake, gen, bs, _, _, z = net
+        sigma = torch.full((bs,), 1.0)
+        with autocast(precision):
+            x = gen(z)
+            x.float().sum().backward()
+            with torch.no_grad():
+                teacher(x.detach(), sigma)
+                fake(x.detach(), sigma)
+                xf = x.detach() if reuse else gen(z)
+            fake(xf, sigma).float().sum().backward()
         gen.zero_grad(set_to_none=True)
         fake.zero_grad(set_to_none=True)
 
     reps = args.repeats
-    t_g, t_r, t_p = timed(gendiv_step, reps), timed(dmd2_reference_step, reps), timed(passes, reps)
-    rows = [["network passes only (lower bound)", t_p * 1e3, 1.0], ["gendiv DMD step", t_g * 1e3, t_g / t_p],
-            ["plain eager DMD2-style loop", t_r * 1e3, t_r / t_p]]
-    return (f"One generator + one fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch {bs}, {machine()}\n\n"
-            + table(["what", "ms/step", "ratio to network passes"], rows)
-            + f"\n\ngendiv / plain loop = {t_g / t_r:.3f}")
+    plain_net, fast_net = setup(False, False), setup(True, "auto")
+    fused_label = "fused AdamW" if fast_net[4].defaults.get("fused") else "for-each AdamW (fused: CUDA only)"
+    precisions = ["no"] + (["bf16"] if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else [])
+    default_label = (f"gendiv default ({'bf16' if default_precision == 'bf16' else 'fp32'}, channels-last, {fused_label}, "
+                     "reused samples)")
+    fns = {f"plain DMD2-style loop, {'fp32' if p == 'no' else p}": (lambda p=p: dmd2_reference_step(plain_net, p))
+           for p in precisions}
+    fns["gendiv, every switch off (fp32)"] = lambda: gendiv_step(plain_net, "no", False)
+    fns[default_label] = lambda: gendiv_step(fast_net, default_precision, True)
+    fns["floor off"] = lambda: passes(plain_net, "no", False)
+    fns["floor default"] = lambda: passes(fast_net, default_precision, True)
+    results = timed_together(fns, reps)
+    floor_off, floor_default = results.pop("floor off"), results.pop("floor default")
+    t_default = results[default_label]
+    plain_fp32 = results["plain DMD2-style loop, fp32"]
+    plain_same = results.get(f"plain DMD2-style loop, {default_precision}", plain_fp32) if default_precision == "bf16" \
+        else plain_fp32
+    rows = [[k, v * 1e3, plain_fp32 / v] for k, v in results.items()]
+    note = "" if "bf16" in precisions else ("\n\nbf16 is not native on this CPU (no AMX/AVX512-BF16 in oneDNN): "
+                                            "autocast would emulate it many times slower, so `auto` keeps fp32 here "
+                                            "and the bf16 rows are not run.")
+    return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}\n\n"
+            + table(["step", "ms/step", "throughput vs plain fp32"], rows)
+            + f"\n\ngendiv default vs plain loop in fp32: {plain_fp32 / t_default:.2f}×; vs plain loop at the same "
+              f"precision: {plain_same / t_default:.2f}×. Outside-network overhead (step time over the sum of its network "
+              f"passes, same configuration): default {100 * (t_default / floor_default - 1):.1f}%, every switch off "
+              f"{100 * (results['gendiv, every switch off (fp32)'] / floor_off - 1):.1f}%." + note)
 
 
 TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio

@@ -95,8 +95,9 @@ def weighted_difference_triton(x, d_teacher, d_fake, weight, normalize: bool = T
 _IMPLS = {"eager": weighted_difference_eager, "compile": weighted_difference_compiled, "triton": weighted_difference_triton}
 
 
-def resolve_backend(backend: str, device) -> str:
-    """``auto``: eager on the CPU (compilation costs more than it saves on toy sizes), compile on CUDA."""
+def resolve_backend(backend: str, device, ndim: int | None = None) -> str:
+    """``auto``: compile on CUDA, eager on the CPU: measured in a whole DMD step on the CPU (eval/bench.py step), the
+    compiled call's dispatch and guards cost more than the ~100 µs it saves (README, Speed)."""
     if backend == "auto":
         return "compile" if torch.device(device).type == "cuda" else "eager"
     if backend not in BACKENDS:
@@ -114,4 +115,4 @@ def weighted_difference(x, d_teacher, d_fake, weight=None, normalize: bool = Tru
         weight = torch.ones(x.shape[0], device=x.device)
     if weight.shape != (x.shape[0],):
         raise ValueError(f"weight must have shape [{x.shape[0]}], got {tuple(weight.shape)}")
-    return _IMPLS[resolve_backend(backend, x.device)](x, d_teacher, d_fake, weight, normalize, eps)
+    return _IMPLS[resolve_backend(backend, x.device, x.ndim)](x, d_teacher, d_fake, weight, normalize, eps)

@@ -218,6 +218,8 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
             kwargs["timestep_cond"] = torch.cat([scalar_embedding(cond.scalars[n], dim) for n in names], 1).to(self.dtype)
         if isinstance(self.unet, UNet2DConditionModel):
             kwargs["encoder_hidden_states"] = None
+        if self.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
+            net_input = net_input.contiguous(memory_format=torch.channels_last)  # match a channels-last UNet
         self._features = None
         out = self.unet(net_input, net_time.to(net_input.dtype), return_dict=False, **kwargs)[0]
         feats, self._features = self._features, None

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from ..condition import Condition
-from ..kernels import BACKENDS, SigmaBinNormalizer, batch_normalized, density_ratio, weighted_difference
+from ..kernels import BACKENDS, SigmaBinNormalizer, batch_normalized, density_ratio, resolve_backend, weighted_difference
+from ..kernels.fused_weighting import fdistill_weighting_compiled
 from ..models.discriminator import discriminator_loss, generator_gan_loss
 from ..space import append_dims
 from .denoising import denoising_loss, weighted_denoising_error
-from .divergences import get_divergence
+from .divergences import DIVERGENCES, get_divergence
 
 METHODS: dict[str, type["DistillationMethod"]] = {}
 
@@ -445,6 +446,32 @@ class FDistill(RatioWeights, DMD2):
     def weights(self, ctx: StepContext) -> torch.Tensor:
         h = self.divergence.h(self.ratio(ctx))
         return batch_normalized(h) if self.options.normalize_weights else h
+
+    def pseudo_gradient(self, ctx: StepContext) -> torch.Tensor:
+        """With the compile backend, in one process and a closed-form h, the whole weighting is one compiled region
+        (kernels/fused_weighting.py); otherwise the eager composition."""
+        if not self._fused_path(ctx):
+            return super().pseudo_gradient(ctx)
+        o, bins = self.options, self.bins
+        if bins is not None:
+            bins.to(ctx.x.device)
+        g, means, seen = fdistill_weighting_compiled(
+            ctx.x.detach(), ctx.d_teacher, ctx.d_fake, ctx.logits, ctx.sigma,
+            bins.edges if bins is not None else None, bins.means if bins is not None else None,
+            bins.seen if bins is not None else None, self.divergence.h, o.logit_clamp, o.ratio_min, o.ratio_max,
+            o.bin_ema, bins is not None, o.normalize_weights, self.normalize_by_teacher_residual)
+        if bins is not None:
+            bins.means.copy_(means)
+            bins.seen.copy_(seen)
+        return g
+
+    def _fused_path(self, ctx: StepContext) -> bool:
+        if ctx.logits is None or resolve_backend(self.options.kernel_backend, ctx.x.device, ctx.x.ndim) != "compile":
+            return False
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+        closed_form = self.divergence.name in DIVERGENCES or self.divergence.name.startswith("alpha:")
+        return not distributed and closed_form  # a closed-form h traces; h from a callable f (autograd) does not
 
 
 def method_class(name: str) -> type[DistillationMethod]:

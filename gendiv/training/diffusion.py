@@ -24,6 +24,7 @@ from ..space import SIGMA_SAMPLERS
 from ..toy import exact_metrics
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import check, check_optimizer, to_dict
+from .performance import is_image_source
 from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
@@ -250,13 +251,13 @@ OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective, "gft": Guida
 
 class DiffusionTrainer(TrainingLoop):
     def __init__(self, cfg: TrainConfig):
-        super().__init__(cfg.run, to_dict(cfg))
+        super().__init__(cfg.run, to_dict(cfg), image_data=is_image_source(cfg.data.source))
         self.cfg = cfg
         self.source = build_data(cfg.data)
         self.objective = OBJECTIVES[cfg.objective](cfg, self.source)
         model = self.objective.prepare_model(build_model(cfg.model, self.source, **self.objective.denoiser_kwargs()))
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                weight_decay=cfg.optim.weight_decay)
+        model = self.speed_up(model)
+        opt = self.optimizer(model.parameters(), cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
         self.model, self.opt = self.accelerator.prepare(model, opt)
         self.ema_model = self.add_ema("denoiser", self.model, cfg.optim.ema_decay)
 

@@ -25,6 +25,7 @@ from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
 from ..models.denoiser import with_scalar_condition
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, _build, check, check_optimizer, to_dict
+from .performance import apply_memory_format, is_image_source, teacher_is_image_model
 from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
@@ -105,8 +106,13 @@ class DistillOptimConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.99
     fake_warmup_steps: int = 200               # fake-score (and discriminator) steps before the first generator step
+    # on steps that update the generator, train the auxiliary networks on that step's (detached) generator samples
+    # instead of a fresh generator pass, as DMD2 does; auto: for image models (points cost nothing to regenerate)
+    reuse_generator_samples: str | bool = "auto"
 
     def __post_init__(self):
+        check(self.reuse_generator_samples in ("auto", True, False),
+              f"optim.reuse_generator_samples must be auto, true or false, got {self.reuse_generator_samples!r}")
         check_optimizer("optim", [("lr_generator", self.lr_generator), ("lr_fake", self.lr_fake),
                                   ("lr_discriminator", self.lr_discriminator)], self.betas, self.weight_decay, self.ema_decay)
         check(self.fake_warmup_steps >= 0, f"optim.fake_warmup_steps must be ≥ 0, got {self.fake_warmup_steps}")
@@ -196,7 +202,8 @@ class DistillTrainer(TrainingLoop):
 
     def __init__(self, cfg: DistillConfig):
         method_cls, options = method_from_config(cfg.method)
-        super().__init__(cfg.run, to_dict(cfg))
+        super().__init__(cfg.run, to_dict(cfg), image_data=is_image_source(cfg.data.source)
+                         or teacher_is_image_model(cfg.teacher.source))
         self.cfg = cfg
         acc = self.accelerator
         teacher, default_data = load_teacher(cfg.teacher.source)
@@ -227,7 +234,11 @@ class DistillTrainer(TrainingLoop):
         self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
 
         o = cfg.optim
-        mk = lambda params, lr: torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)  # noqa: E731
+        mk = lambda params, lr: self.optimizer(params, lr, o.betas, o.weight_decay)  # noqa: E731
+        generator = self.speed_up(generator)
+        aux = {name: self.speed_up(module) for name, module in aux.items()}
+        if self.teacher is not None:
+            apply_memory_format(self.teacher, cfg.run.channels_last)
         names, modules, optimizers = ["generator"], [generator], [mk(generator.parameters(), o.lr_generator)]
         for name, module in aux.items():
             params = [p for p in module.parameters() if p.requires_grad]
@@ -251,6 +262,8 @@ class DistillTrainer(TrainingLoop):
                                         num_classes=self.source.num_classes, seed=self.run.seed, device=acc.device,
                                         teacher_steps=cfg.eval.teacher_steps))
         self._teacher_reference = None
+        reuse = cfg.optim.reuse_generator_samples
+        self.reuse_samples = self.source.is_image if reuse == "auto" else bool(reuse)
 
     # -- set-up checks -----------------------------------------------------------------------------
     def _check_compatible(self, generator, teacher):
@@ -298,12 +311,16 @@ class DistillTrainer(TrainingLoop):
                             draw_sigma=self._sigma, draw_real=self._real, step=self.step)
 
     # -- the two updates -----------------------------------------------------------------------------
-    def auxiliary_step(self) -> dict:
-        """The method's auxiliary networks (fake score, discriminator, ...) on detached generator samples."""
+    def auxiliary_step(self, samples=None) -> dict:
+        """The method's auxiliary networks (fake score, discriminator, ...) on detached generator samples: ``samples``
+        (x, cond) from this step's generator update, or a fresh generator pass."""
         acc, bs = self.accelerator, self.run.batch_size
-        cond = self._labels_cond(bs)
-        with torch.no_grad(), acc.autocast():
-            x_fake = self.generator(self._z(bs), cond).float()
+        if samples is not None:
+            x_fake, cond = samples
+        else:
+            cond = self._labels_cond(bs)
+            with torch.no_grad(), acc.autocast():
+                x_fake = self.generator(self._z(bs), cond).float()
         with acc.autocast():
             loss, metrics = self.method.auxiliary_loss(self.nets, self._batch(x_fake, cond))
         self.check_finite("auxiliary (fake-score/discriminator) loss", loss)
@@ -336,13 +353,19 @@ class DistillTrainer(TrainingLoop):
             for m in frozen.values():
                 m.requires_grad_(True)
         self.update_ema("generator")
+        self._last_samples = (x.detach(), cond)
         return metrics
 
     def train_step(self) -> dict:
+        s, warmup = self.step, self.cfg.optim.fake_warmup_steps  # s: completed steps before this one
+        if not (s >= warmup and (s - warmup) % self.fake_per_gen == 0):
+            return self.auxiliary_step()
+        if self.reuse_samples:  # DMD2's order: the generator first, then the fake score on the same samples
+            metrics = self.generator_step()
+            metrics.update(self.auxiliary_step(samples=self._last_samples))
+            return metrics
         metrics = self.auxiliary_step()
-        s = self.step  # number of completed steps before this one
-        if s >= self.cfg.optim.fake_warmup_steps and (s - self.cfg.optim.fake_warmup_steps) % self.fake_per_gen == 0:
-            metrics.update(self.generator_step())
+        metrics.update(self.generator_step())
         return metrics
 
     # -- evaluation and export -----------------------------------------------------------------------

@@ -1,0 +1,137 @@
+"""Throughput switches (issue 13) change nothing in the math: each is compared with the plain path."""
+import copy
+
+import pytest
+import torch
+
+from gendiv.kernels.fused_weighting import fdistill_weighting, fdistill_weighting_compiled
+from gendiv.models import MLPDenoiser, UNetDenoiser
+from gendiv.objectives import FDistill
+from gendiv.objectives.distill import StepContext
+from gendiv.training.performance import adamw, apply_memory_format, is_image_source, native_bf16, resolve_mixed_precision
+
+
+def _context(batch=8, seed=0, shape=(3, 8, 8)):
+    g = torch.Generator().manual_seed(seed)
+    x, t, f = (torch.randn(batch, *shape, generator=g) for _ in range(3))
+    return StepContext(x=x, sigma=torch.rand(batch, generator=g) * 3, x_sigma=x, cond=None, d_teacher=t, d_fake=f,
+                       logits=2 * torch.randn(batch, generator=g))
+
+
+@pytest.mark.parametrize("divergence", ["jensen_shannon", "forward_kl", "reverse_kl", "alpha:0.5"])
+@pytest.mark.parametrize("options", [{}, {"sigma_bins": 0}, {"normalize_weights": False, "bin_ema": 0.9}])
+def test_fused_weighting_equals_the_eager_composition(divergence, options):
+    """The pure fused function (what the compiled region traces) equals density_ratio → σ bins → h → batch mean →
+    weighted difference, over several steps of bin state, to float32 round-off (rtol 1e-5)."""
+    eager = FDistill(divergence, kernel_backend="eager", **options)
+    fused = copy.deepcopy(eager)
+    for step in range(3):
+        ctx = _context(seed=step)
+        want = eager.pseudo_gradient(ctx)
+        b = fused.bins
+        got, means, seen = fdistill_weighting(
+            ctx.x, ctx.d_teacher, ctx.d_fake, ctx.logits, ctx.sigma, None if b is None else b.edges,
+            None if b is None else b.means, None if b is None else b.seen, fused.divergence.h, use_bins=b is not None,
+            bin_ema=fused.options.bin_ema, normalize_weights=fused.options.normalize_weights)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        if b is not None:
+            b.means.copy_(means)
+            b.seen.copy_(seen)
+            torch.testing.assert_close(b.means, eager.bins.means)
+
+
+def test_compiled_weighting_region_equals_eager_and_keeps_the_bin_state():
+    eager = FDistill("jensen_shannon", kernel_backend="eager")
+    compiled = FDistill("jensen_shannon", kernel_backend="compile")
+    for step in range(2):
+        ctx = _context(seed=10 + step)
+        torch.testing.assert_close(compiled.pseudo_gradient(ctx), eager.pseudo_gradient(ctx), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.bins.means, eager.bins.means)
+    assert torch.equal(compiled.bins.seen, eager.bins.seen)
+    # a divergence given as a callable f (h by autograd) keeps the eager path
+    custom = FDistill(lambda r: r * torch.log(r), kernel_backend="compile")
+    assert not custom._fused_path(_context())
+    assert callable(fdistill_weighting_compiled)
+
+
+def test_channels_last_unet_gives_the_same_denoising(tiny_unet_config):
+    torch.manual_seed(0)
+    den = UNetDenoiser(unet_config=tiny_unet_config)
+    x, sigma = torch.randn(4, 1, 8, 8), torch.tensor([0.1, 1.0, 5.0, 40.0])
+    plain = den(x, sigma)
+    apply_memory_format(den, "auto")
+    assert den.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(den(x, sigma), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_adamw_updates_equal_plain_adamw():
+    torch.manual_seed(0)
+    a = MLPDenoiser(dim=2, hidden=16, depth=1)
+    b = copy.deepcopy(a)
+    opt_a = adamw(a.parameters(), 1e-3, [0.9, 0.99], 0.01, fused=False)
+    opt_b = adamw(b.parameters(), 1e-3, [0.9, 0.99], 0.01, fused=True)
+    assert opt_b.defaults.get("fused") and not opt_a.defaults.get("fused")
+    for step in range(3):
+        x = torch.randn(32, 2, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((a, opt_a), (b, opt_b)):
+            m(x, torch.ones(32)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_network_gives_the_same_output():
+    torch.manual_seed(0)
+    den = MLPDenoiser(dim=2, hidden=16, depth=1)
+    x, sigma = torch.randn(16, 2), torch.rand(16) + 0.1
+    plain = den(x, sigma)
+    compiled = copy.deepcopy(den)
+    compiled.compile()
+    torch.testing.assert_close(compiled(x, sigma), plain, rtol=1e-5, atol=1e-6)
+    assert set(compiled.state_dict()) == set(den.state_dict())  # checkpoints keep their keys
+
+
+def test_precision_policy_and_bf16_losses_match_fp32(tiny_unet_config):
+    """auto: bf16 only for image models on bf16-native devices; a bf16-autocast denoising loss stays within 2% of fp32
+    (the loss itself is computed in fp32 from the upcast output)."""
+    assert resolve_mixed_precision("auto", image_data=False) == "no"
+    assert resolve_mixed_precision("auto", image_data=True) == ("bf16" if native_bf16("cpu") else "no")
+    assert resolve_mixed_precision("fp16", image_data=False) == "fp16"
+    assert is_image_source("digits") and is_image_source("folder:x") and not is_image_source("toy:ring8_imbalanced")
+    from gendiv.objectives import denoising_loss
+
+    torch.manual_seed(0)
+    den = UNetDenoiser(unet_config=tiny_unet_config)
+    x0 = torch.rand(8, 1, 8, 8) * 2 - 1
+    sigma = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 40.0])
+    noise = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    fp32 = denoising_loss(den, x0, sigma=sigma, noise=noise)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = denoising_loss(den, x0, sigma=sigma, noise=noise)
+    assert bf16.dtype == torch.float32
+    assert abs(float(bf16) - float(fp32)) <= 0.02 * float(fp32)
+
+
+def test_reusing_generator_samples_saves_a_generator_pass(tmp_path):
+    """With optim.reuse_generator_samples the fake-score update trains on the generator step's own samples (DMD2's
+    order): one generator forward per generator step instead of two; the run still trains and resumes."""
+    from gendiv.training import DistillConfig, load_config
+    from gendiv.training.distill import DistillTrainer
+
+    calls = {}
+    for reuse in (False, True):
+        cfg = load_config(DistillConfig, None, [f"run.output_dir={tmp_path / str(reuse)}", "run.steps=4", "run.progress=false",
+                                                "optim.fake_warmup_steps=0", "student.model.hidden=16",
+                                                "student.model.depth=1", "run.batch_size=16",
+                                                f"optim.reuse_generator_samples={str(reuse).lower()}",
+                                                "method.fake_updates_per_generator_update=1"])
+        trainer = DistillTrainer(cfg)
+        count = [0]
+        trainer.accelerator.unwrap_model(trainer.generator).register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        for _ in range(4):
+            metrics = trainer.train_step()
+            trainer.step += 1
+        assert "generator_grad_norm" in metrics and "fake_loss" in metrics
+        calls[reuse] = count[0]
+    assert calls == {False: 8, True: 4}
