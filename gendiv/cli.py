@@ -54,8 +54,15 @@ def _sample(args):
     path = Path(args.pipeline)
     if not (path / "model_index.json").is_file():
         raise ValueError(f"{path} is not a saved pipeline (no model_index.json)")
-    one_step = json.loads((path / "model_index.json").read_text())["_class_name"] == "OneStepPipeline"
-    pipe = (OneStepPipeline if one_step else GenDivPipeline).from_pretrained(str(path))
+    class_name = json.loads((path / "model_index.json").read_text())["_class_name"]
+    one_step = class_name == "OneStepPipeline"
+    if class_name in ("OneStepPipeline", "GenDivPipeline"):
+        pipe = (OneStepPipeline if one_step else GenDivPipeline).from_pretrained(str(path))
+    else:  # a stock diffusers pipeline (DDPMPipeline, ...): its UNet as a gendiv denoiser, EDM Euler sampling
+        from .models import denoiser_from_pipeline_folder
+
+        pipe = GenDivPipeline.from_denoiser(denoiser_from_pipeline_folder(path))
+        pipe.set_progress_bar_config(disable=True)
     kwargs = {} if one_step else {"num_inference_steps": args.steps}
     out = pipe(batch_size=args.num_samples, class_labels=args.class_label, output_type="pt",
                generator=torch.Generator().manual_seed(args.seed), **kwargs).images

@@ -306,10 +306,28 @@ def test_guidance_free_objectives_from_the_command_line(tmp_path):
     from gendiv.cli import main
 
     main(["train", "objective=model_guidance", "data.source=toy:conditional2d", f"run.output_dir={tmp_path / 'mg'}",
-          "run.steps=5", "run.progress=false", "eval.num_samples=64", "eval.num_steps=2", "guidance_free.scale=1.5"])
+          "run.steps=5", "run.progress=false", "eval.num_samples=64", "eval.num_steps=2", "guidance_free.scale=0.5"])
     base = tmp_path / "mg" / "pipeline"
     main(["train", "objective=gft", "data.source=toy:conditional2d", f"run.output_dir={tmp_path / 'ft'}", "run.steps=3",
           "run.progress=false", "eval.num_samples=64", "eval.num_steps=2", f"guidance_free.init_from={base}",
           "guidance_free.eval_guidance_scale=2"])
     ft = GenDivPipeline.from_pretrained(str(tmp_path / "ft" / "pipeline")).denoiser
     assert GUIDANCE_SCALAR in ft.config.scalar_names
+
+
+@pytest.mark.parametrize("w", [0.0, 0.25, 0.5, 0.8])
+def test_model_guidance_fixed_point_is_cfg_at_one_over_one_minus_w(w):
+    """With the model and its EMA both equal to exact CFG at s = 1/(1 − w), the shifted prediction the loss compares
+    with x₀ is the exact conditional posterior mean: its minimiser, so CFG at that s is the fixed point."""
+    from gendiv.objectives.guidance_free import model_guidance_loss
+    from gendiv.objectives import denoising_loss
+
+    x, sig, cond = noised_batch(n=64)
+    cfg = ClassifierFreeGuidance(EXACT, 1 / (1 - w))
+    shifted = cfg(x, sig, cond) - w * (cfg(x, sig, cond) - cfg(x, sig, cond.with_null()))
+    torch.testing.assert_close(shifted, EXACT(x, sig, cond), atol=1e-9, rtol=1e-9)
+    # and model_guidance_loss is the plain loss of exactly that shifted prediction
+    x0 = DIST.sample(64, torch.Generator().manual_seed(3), class_labels=cond.class_labels).double()
+    got = model_guidance_loss(cfg, cfg, x0, cond, w, generator=torch.Generator().manual_seed(4))
+    want = denoising_loss(lambda a, s, c: EXACT(a, s, c), x0, cond, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(got.double(), want.double(), rtol=1e-6, atol=1e-9)

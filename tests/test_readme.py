@@ -19,3 +19,13 @@ def test_readme_commands_are_the_ci_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     bash = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     assert bash[1].strip() in ci
+
+
+def test_readme_stock_pipeline_distill_command(tmp_path):
+    """The stock-diffusers-teacher example: its python block, then its one-line distill command, as written."""
+    block = next(b for b in BLOCKS if "readme_ddpm" in b)
+    subprocess.run([sys.executable, "-c", block], cwd=tmp_path, check=True, timeout=600)
+    line = next(line for line in README.read_text().splitlines() if line.startswith("gendiv distill teacher.source=runs/readme_ddpm"))
+    subprocess.run([sys.executable, "-m", "gendiv.cli", *line.split()[1:], "run.progress=false"], cwd=tmp_path,
+                   check=True, timeout=600)
+    assert (tmp_path / "runs" / "readme_ddpm_dmd" / "pipeline" / "model_index.json").is_file()

@@ -1,6 +1,8 @@
 from .denoiser import DENOISER_CLASSES, MLPDenoiser, UNetDenoiser, build_denoiser, scalar_embedding, with_scalar_condition
+from .from_diffusers import denoiser_from_pipeline_folder, denoiser_from_unet_and_scheduler
 from .discriminator import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from .generator import OneStepGenerator
 
 __all__ = ["with_scalar_condition", "DENOISER_CLASSES", "MLPDenoiser", "UNetDenoiser", "OneStepGenerator", "build_denoiser", "scalar_embedding",
-           "DiscriminatorHead", "discriminator_loss", "generator_gan_loss"]
+           "DiscriminatorHead", "discriminator_loss", "generator_gan_loss", "denoiser_from_pipeline_folder",
+           "denoiser_from_unet_and_scheduler"]

@@ -189,9 +189,20 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         tap.register_forward_hook(self._store_features)
 
     @classmethod
-    def from_unet(cls, unet, **kwargs) -> "UNetDenoiser":
-        """Wrap an existing UNet (its weights are copied)."""
-        den = cls(unet_class=type(unet).__name__, unet_config=dict(unet.config), **kwargs)
+    def from_unet(cls, unet, scheduler=None, **kwargs) -> "UNetDenoiser":
+        """Wrap an existing UNet (its weights are copied).
+
+        Give the ``scheduler`` it was trained with (a stock diffusers scheduler) and the parameterisation and
+        prediction type are read from its config: a v-prediction DDPM UNet becomes ``parameterization="vp",
+        prediction_type="v_prediction"``, an EDM one ``"edm"``, a flow-matching one ``"flow"``. Without a scheduler
+        the keyword arguments say it (defaults: EDM, epsilon), so a UNet from another convention must be told.
+        """
+        if scheduler is not None:
+            from .from_diffusers import denoiser_kwargs_from_scheduler
+
+            kwargs = {**denoiser_kwargs_from_scheduler(scheduler), **kwargs}
+        config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}  # drops _name_or_path etc.
+        den = cls(unet_class=type(unet).__name__, unet_config=config, **kwargs)
         den.unet.load_state_dict(unet.state_dict())
         return den
 

@@ -249,6 +249,12 @@ class DistillationMethod:
         if cls.__dict__.get("name"):
             METHODS[cls.name] = cls
 
+    @classmethod
+    def needs_real_data(cls) -> bool:
+        """Real samples feed a discriminator, or are the only signal without a teacher; DMD, Diff-Instruct and SiD
+        distil from the teacher alone (data-free)."""
+        return cls.uses_discriminator or not cls.needs_teacher
+
     def __init__(self, options: MethodOptions | None = None, **kwargs):
         if options is None:
             options = self.Options(**kwargs)

@@ -10,8 +10,9 @@ guidance input w = s − 1 = 1/β − 1 (``condition.GUIDANCE_SCALAR``). Label-d
 (the reference code), which trains the unconditional model by self-interpolation.
 
 Model guidance (Tang et al. 2025): the target is shifted by the EMA model's guidance direction,
-x₀ + w·sg(D̃(x|c) − D̃(x|∅)), so the plain conditional model converges to CFG at s = 1 + w. Written as the ordinary
-loss on D − w·sg(D̃_c − D̃_u), it reuses the denoising loss unchanged.
+x₀ + w·sg(D̃(x|c) − D̃(x|∅)). Since D̃ is the model itself at convergence, the fixed point is CFG at s = 1/(1 − w)
+(docs/guidance_free.md), for 0 ≤ w < 1. Written as the ordinary loss on D − w·sg(D̃_c − D̃_u), it reuses the
+denoising loss unchanged.
 """
 from __future__ import annotations
 

@@ -29,7 +29,13 @@ class GenDivPipeline(DiffusionPipeline):
 
     @classmethod
     def from_denoiser(cls, denoiser, **scheduler_kwargs) -> "GenDivPipeline":
+        """An EDMEulerScheduler over σ ∈ [0.002, 80], narrowed to the σ range a VP (DDPM-family) model was trained on."""
         kwargs = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": denoiser.config.sigma_data, "rho": 7.0}
+        if denoiser.config.get("parameterization") == "vp":
+            from ..space import vp_sigmas_from_alphas_cumprod
+
+            grid = vp_sigmas_from_alphas_cumprod(denoiser.alphas_cumprod)
+            kwargs.update(sigma_min=max(0.002, float(grid.min())), sigma_max=min(80.0, float(grid.max())))
         kwargs.update(scheduler_kwargs)
         return cls(denoiser=denoiser, scheduler=EDMEulerScheduler(**kwargs))
 

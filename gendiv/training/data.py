@@ -50,6 +50,16 @@ class TensorSource:
         return self.images[idx], (None if self.labels is None else self.labels[idx])
 
 
+class TeacherSpaceSource:
+    """No data: the shape and classes of the teacher's space, for data-free distillation (DMD, Diff-Instruct, SiD)."""
+
+    def __init__(self, shape: tuple, num_classes: int | None, is_image: bool, method: str):
+        self.shape, self.num_classes, self.is_image, self.method = tuple(shape), num_classes, is_image, method
+
+    def sample_batch(self, batch: int, generator: torch.Generator):
+        raise ValueError(f"method {self.method} was set up data-free but asked for real data; set data.source")
+
+
 def _to_unit_range(images: np.ndarray, max_value: float) -> torch.Tensor:
     return torch.from_numpy(images.astype(np.float32) / max_value * 2 - 1)
 

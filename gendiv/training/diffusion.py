@@ -91,13 +91,14 @@ class GuidanceFreeConfig:
     """Guidance-free objectives (``objective: gft`` or ``model_guidance``, methods.md §5)."""
 
     beta_min: float = 0.0            # gft: β ~ U(beta_min, 1], i.e. guidance scales 1/β up to 1/beta_min
-    scale: float = 1.0               # model_guidance: w, the model converges to CFG at s = 1 + w
+    scale: float = 0.5               # model_guidance: w ∈ [0, 1); its fixed point is CFG at s = 1/(1 − w) (w = ½: s = 2)
     init_from: str | None = None     # fine-tune: a saved conditional GenDivPipeline; its β path starts at zero
     eval_guidance_scale: float = 1.0  # the scale the evaluation samples (and metrics) use
 
     def __post_init__(self):
         check(0 <= self.beta_min < 1, f"guidance_free.beta_min must be in [0, 1) (β = 1/s ∈ (0, 1]), got {self.beta_min}")
-        check(self.scale >= 0, f"guidance_free.scale must be ≥ 0, got {self.scale}")
+        check(0 <= self.scale < 1, f"guidance_free.scale must be in [0, 1) (model guidance's fixed point is CFG at "
+              f"s = 1/(1 − w); w ≥ 1 has none), got {self.scale}")
         check(self.eval_guidance_scale >= 1, f"guidance_free.eval_guidance_scale must be ≥ 1, got {self.eval_guidance_scale}")
 
 
@@ -232,7 +233,8 @@ class GuidanceFreeObjective(EDMObjective):
 
 
 class ModelGuidanceObjective(EDMObjective):
-    """Model guidance: the EDM loss with the target shifted by the EMA model's guidance direction (scale w)."""
+    """Model guidance: the EDM loss with the target shifted by the EMA model's guidance direction (scale w); it converges
+    to CFG at s = 1/(1 − w)."""
 
     def __init__(self, cfg: TrainConfig, source):
         super().__init__(cfg, source)

@@ -15,31 +15,31 @@ import torch
 
 from ..condition import Condition
 from ..guidance import ClassifierFreeGuidance
-from ..models import DiscriminatorHead, OneStepGenerator
+from ..models import DiscriminatorHead, OneStepGenerator, denoiser_from_pipeline_folder
 from ..objectives.distill import DistillBatch, MethodSetup, NetworkFactory, method_class
 from ..pipelines import GenDivPipeline, OneStepPipeline
 from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
 from ..space import SIGMA_SAMPLERS, sample_sigma
 from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
-from ..models.denoiser import with_scalar_condition
+from ..models.denoiser import sample_shape, with_scalar_condition
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, _build, check, check_optimizer, to_dict
 from .performance import apply_memory_format, is_image_source, teacher_is_image_model
-from .data import ToySource, draw_labels
+from .data import TeacherSpaceSource, ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
 
 
 @dataclass
 class TeacherConfig:
-    source: str = "analytic:ring8_imbalanced"  # analytic:<toy name> | pipeline:<GenDivPipeline folder> | none (SMT)
+    source: str = "analytic:ring8_imbalanced"  # analytic:<toy> | pipeline:<folder> | <folder> | none (SMT); folders: gendiv or diffusers pipelines
     guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers)
 
     def __post_init__(self):
         check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
         kind = self.source.partition(":")[0]
-        check(kind in ("analytic", "pipeline") or self.source == "none",
-              f"teacher.source: unknown teacher source {self.source!r}; use analytic:<toy name>, pipeline:<folder> "
+        check(kind in ("analytic", "pipeline") or self.source == "none" or Path(self.source).is_dir(),
+              f"teacher.source: unknown teacher source {self.source!r} (not a folder either); use analytic:<toy name>, pipeline:<folder> "
               "or none (methods that train from data alone)")
 
 
@@ -148,25 +148,31 @@ class DistillConfig:
 
 
 def load_teacher(spec: str):
-    """(teacher denoiser, default real-data source string) from ``analytic:<toy>`` or ``pipeline:<dir>``."""
+    """(teacher denoiser, default real-data source string) from ``analytic:<toy>``, ``pipeline:<dir>`` or ``<dir>``.
+
+    A folder may hold a gendiv ``GenDivPipeline`` or a stock diffusers pipeline with a UNet and its scheduler
+    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config.
+    """
     if spec == "none":
         return None, ""
     kind, _, arg = spec.partition(":")
     if kind == "analytic":
         return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}"
+    if kind != "pipeline" and Path(spec).is_dir():
+        kind, arg = "pipeline", spec
     if kind == "pipeline":
         path = Path(arg)
         if not (path / "model_index.json").is_file():
-            raise ValueError(f"teacher pipeline not found: {path} has no model_index.json")
+            raise ValueError(f"teacher pipeline not found: {path} has no model_index.json (neither a diffusers nor a "
+                             "gendiv pipeline folder)")
         class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
         if class_name == "OneStepPipeline":
             raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
                              "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
-        if class_name != "GenDivPipeline":
-            raise ValueError(f"teacher.source: {path} holds a {class_name}; gendiv can use a GenDivPipeline folder "
-                             "as teacher (written by gendiv train)")
-        return GenDivPipeline.from_pretrained(str(path)).denoiser, ""
-    raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name> or pipeline:<folder>")
+        if class_name == "GenDivPipeline":
+            return GenDivPipeline.from_pretrained(str(path)).denoiser, ""
+        return denoiser_from_pipeline_folder(path), ""
+    raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
 
 
 class _Factory(NetworkFactory):
@@ -212,10 +218,14 @@ class DistillTrainer(TrainingLoop):
                               "pipeline:<folder>); teacher.source=none is for methods that train from data alone (smt)")
         self.teacher = None if teacher is None else teacher.to(acc.device).eval().requires_grad_(False)
         data_source = cfg.data.source or default_data
-        if not data_source:
-            raise ConfigError("set data.source: a network teacher needs real data for the discriminator and evaluation, "
-                              "and training without a teacher needs it as its only signal")
-        self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
+        if data_source:
+            self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
+        elif method_cls.needs_real_data():
+            raise ConfigError(f"set data.source: method {method_cls.name} needs real data (for its discriminator, or as "
+                              "its only signal without a teacher); DMD, Diff-Instruct and SiD distil data-free")
+        else:  # data-free: the teacher's space is the only thing the run needs to know
+            self.source = TeacherSpaceSource(sample_shape(teacher, 1)[1:], teacher.config.get("num_classes"),
+                                             is_image=len(sample_shape(teacher, 1)) == 4, method=method_cls.name)
 
         self.method = method_cls(options)
         self.fake_per_gen = self.method.fake_updates
@@ -268,9 +278,9 @@ class DistillTrainer(TrainingLoop):
     # -- set-up checks -----------------------------------------------------------------------------
     def _check_compatible(self, generator, teacher):
         shape = tuple(generator.sample_shape(2))
-        x, _ = self.source.sample_batch(2, torch.Generator().manual_seed(0))
-        if tuple(x.shape) != shape:
-            raise ValueError(f"generator produces {shape[1:]} but the data/teacher space is {tuple(x.shape[1:])}")
+        if tuple(self.source.shape) != shape[1:]:
+            raise ValueError(f"generator produces {shape[1:]} but the data/teacher space is {tuple(self.source.shape)}")
+        x = torch.zeros(shape)
         if teacher is None:
             if generator.num_classes != self.source.num_classes:
                 raise ValueError(f"condition mismatch: generator has num_classes={generator.num_classes}, the data "

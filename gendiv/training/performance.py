@@ -52,13 +52,13 @@ def is_image_source(spec: str) -> bool:
 
 
 def teacher_is_image_model(spec: str) -> bool:
-    """A ``pipeline:<dir>`` teacher whose denoiser is a UNet."""
+    """A ``pipeline:<dir>`` (or ``<dir>``) teacher whose denoiser is a UNet: gendiv's UNetDenoiser or a diffusers unet."""
     kind, _, arg = (spec or "").partition(":")
-    config = Path(arg) / "denoiser" / "config.json"
-    if kind != "pipeline" or not config.is_file():
-        return False
+    folder = Path(arg if kind == "pipeline" else spec or "")
     try:
-        return json.loads(config.read_text()).get("_class_name") == "UNetDenoiser"
+        if (folder / "denoiser" / "config.json").is_file():  # a gendiv pipeline
+            return json.loads((folder / "denoiser" / "config.json").read_text()).get("_class_name") == "UNetDenoiser"
+        return (folder / "model_index.json").is_file() and "unet" in json.loads((folder / "model_index.json").read_text())
     except (OSError, ValueError):
         return False
 
