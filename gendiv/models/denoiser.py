@@ -96,7 +96,7 @@ class DenoiserMixin:
         batch = x.shape[0]
         sigma = as_sigma_batch(sigma, batch, device=x.device)
         self._check_condition(cond, batch)
-        shift, scale = self.config.get("data_shift", 0.0), self.config.get("data_scale", 1.0)
+        shift, scale = getattr(self.config, "data_shift", 0.0), getattr(self.config, "data_scale", 1.0)
         if (shift, scale) != (0.0, 1.0):
             # an exact change of variables: the network works on (x − shift)/scale at σ/scale (e.g. a [0, 1] box seen
             # as [−1, 1]), and D is mapped back, so callers see the data's own coordinates
