@@ -112,6 +112,8 @@ CLI_CASES = [
      r"reflected\.box needs high > low, got \[1, 0\]"),
     ("unknown objective", TRAIN + ["objective=flow"], r"objective must be one of \['edm', 'gft', 'model_guidance', "
      r"'reflected'\], got 'flow'"),
+    ("CFG on an unconditional teacher", DISTILL + ["teacher.guidance_scale=2"],
+     r"teacher\.guidance_scale=2\.0 needs a class-conditional teacher"),
     ("gft: β outside (0, 1]", TRAIN + ["objective=gft", "data.source=toy:conditional2d", "guidance_free.beta_min=1.5"],
      r"guidance_free\.beta_min must be in \[0, 1\) \(β = 1/s ∈ \(0, 1\]\), got 1\.5"),
     ("gft: unlabelled data", TRAIN + ["objective=gft", "data.source=toy:ring8_imbalanced"],

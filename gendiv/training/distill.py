@@ -241,6 +241,9 @@ class DistillTrainer(TrainingLoop):
             generator = OneStepGenerator.from_denoiser(teacher, sigma_init)
         self._check_compatible(generator, teacher)
         aux = self.method.build_auxiliaries(factory)
+        if teacher is not None and cfg.teacher.guidance_scale != 1.0 and self.source.num_classes is None:
+            raise ConfigError(f"teacher.guidance_scale={cfg.teacher.guidance_scale} needs a class-conditional teacher and "
+                              "data (CFG guides against the null class); this teacher is unconditional")
         self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
 
         o = cfg.optim
