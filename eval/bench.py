@@ -504,17 +504,27 @@ def bench_reflected_fid(args) -> str:
             + "\n\n![digit samples, ordinary vs reflected](eval/results/reflected_fid.png)")
 
 
-def _train_run(config: str, run: Path, overrides: list[str]) -> float:
-    """Train one config into a fresh scratch folder; returns the wall time."""
+def _train_run(config: str, run: Path, overrides: list[str], reuse: bool = False) -> float:
+    """Train one config into a fresh scratch folder; returns the wall time (also kept in ``run/wall_s.json``).
+    ``reuse``: a run that finished before (its ``wall_s.json`` exists) is kept, and its recorded time returned."""
     import shutil
 
     from gendiv.training import TrainConfig, load_config, train
+    from gendiv.training.distill import DistillConfig, distill
 
+    record = run / "wall_s.json"
+    if reuse and record.exists():
+        return json.loads(record.read_text())["wall_s"]
     shutil.rmtree(run, ignore_errors=True)
-    cfg = load_config(TrainConfig, ROOT / "configs" / config, [f"run.output_dir={run}", "run.progress=false"] + overrides)
+    is_distill = config.startswith("distill_")
+    cfg = load_config(DistillConfig if is_distill else TrainConfig, ROOT / "configs" / config,
+                      [f"run.output_dir={run}", "run.progress=false"] + overrides)
     t = time.time()
-    train(cfg)
-    return time.time() - t
+    (distill if is_distill else train)(cfg)
+    elapsed = time.time() - t
+    record.write_text(json.dumps({"wall_s": elapsed, "config": config, "overrides": overrides,
+                                  "threads": torch.get_num_threads()}))
+    return elapsed
 
 
 @benchmark("guidance")

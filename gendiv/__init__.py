@@ -9,11 +9,12 @@ from . import reflection, space  # noqa: F401
 from .condition import Condition
 from .guidance import ClassifierFreeGuidance
 from .models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, UNetDenoiser
-from .pipelines import GenDivPipeline, OneStepPipeline, ReflectedDiffusionPipeline, load_pipeline
+from .pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline, ReflectedDiffusionPipeline, load_pipeline
 from .schedulers import ReflectedODEScheduler, ReflectedSDEScheduler, ThresholdedSDEScheduler
 from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
 
 __all__ = ["Condition", "ClassifierFreeGuidance", "DiscriminatorHead", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser",
-           "GenDivPipeline", "OneStepPipeline", "ReflectedDiffusionPipeline", "load_pipeline", "ReflectedODEScheduler",
+           "GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline", "load_pipeline",
+           "ReflectedODEScheduler",
            "ReflectedSDEScheduler", "ThresholdedSDEScheduler", "AnalyticDenoiser",
            "GaussianMixture", "get_distribution"]

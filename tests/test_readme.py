@@ -12,6 +12,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index, tmp_path):
+    (tmp_path / "configs").symlink_to(README.parent / "configs")  # the README's paths are relative to the repo root
     subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path, check=True, timeout=600)
 
 

@@ -89,8 +89,13 @@ class Guidance(nn.Module):
         return guided
 
 
-def require_labels(guider: Guidance, cond: Condition | None, what: str):
-    """Guidance against a condition needs class labels and a denoiser with a null/other class to move away from."""
+def require_labels(guider: Guidance, cond: Condition | None, what: str, allow_text: bool = False):
+    """Guidance against a condition needs class labels and a denoiser with a null/other class to move away from
+    (``allow_text``: or prompt embeddings and a denoiser with a null-prompt embedding)."""
+    if allow_text and guider.config.get("text_embeds_shape") is not None:
+        if cond is None or cond.text_embeds is None:
+            raise ValueError(f"{what} with guidance_scale={guider.guidance_scale} needs prompt embeddings")
+        return
     if guider.config.get("num_classes") is None:
         raise ValueError(f"{what} needs a class-conditional denoiser with a null class (num_classes set; trained with "
                          f"label dropout), but this {type(guider.conditional).__name__} is unconditional; "

@@ -68,6 +68,15 @@ class DenoiserMixin:
             if ((labels < 0) | (labels >= num_classes)).any():
                 raise ValueError(f"class label out of range [0, {num_classes}): got values "
                                  f"{labels.min().item()}..{labels.max().item()}")
+        text = None if cond is None else cond.text_embeds
+        shape = self.config.get("text_embeds_shape")
+        if text is not None:
+            if shape is None:
+                raise ValueError(f"{type(self).__name__} is not text-conditioned (text_embeds_shape=None) but got "
+                                 "prompt embeddings")
+            if tuple(text.shape) != (batch, *shape):
+                raise ValueError(f"text_embeds must have shape [{batch}, {shape[0]}, {shape[1]}] (the text encoder's "
+                                 f"[B, tokens, width]), got {tuple(text.shape)}")
         given = set() if cond is None else set(cond.scalars)
         if given != set(names):
             raise ValueError(f"{type(self).__name__} expects scalar conditions {names}, got {sorted(given)}")
@@ -86,6 +95,16 @@ class DenoiserMixin:
         if cond.drop is not None:
             idx = torch.where(cond.drop.to(device), null, idx)
         return idx
+
+    def text_states(self, cond: Condition | None, batch: int, device) -> torch.Tensor:
+        """Per-sample prompt embeddings [B, L, D]: the given ones, or the stored null prompt where dropped/absent."""
+        null = self.null_text_embeds.to(device)[None].expand(batch, -1, -1)
+        if cond is None or cond.text_embeds is None:
+            return null
+        text = cond.text_embeds.to(device, null.dtype)
+        if cond.drop is None:
+            return text
+        return torch.where(cond.drop.to(device)[:, None, None], null, text)
 
     def forward(self, x: torch.Tensor, sigma, cond=None, return_features: bool = False):
         """x̂₀ = D(x, σ, cond). ``sigma``: float or [B]. With ``return_features`` also the bottleneck activations."""
@@ -158,13 +177,16 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
             diffusers' EDM schedulers; the default spreads σ over the positional embedding's range).
         data_shift, data_scale: the network sees (x − shift)/scale at σ/scale and D is mapped back (reflected models
             on a [0, 1] box use shift ½, scale ½, so the network works on [−1, 1] as EDM's preconditioning expects).
+        text_embeds_shape: ``[tokens, width]`` of the prompt embeddings a text-conditioned UNet2DConditionModel reads as
+            ``encoder_hidden_states`` (Stable Diffusion 1.5: ``[77, 768]``); the null prompt's embedding (of ``""``) is
+            the buffer ``null_text_embeds``, used where ``Condition.drop`` is set: CFG's negative pass.
     """
 
     @register_to_config
     def __init__(self, unet_class: str = "UNet2DModel", unet_config: dict | None = None, parameterization: str = "edm",
                  prediction_type: str = "epsilon", sigma_data: float = SIGMA_DATA, num_classes: int | None = None,
                  scalar_names: list | None = None, c_noise_scale: float = 250.0, vp_schedule: dict | None = None,
-                 data_shift: float = 0.0, data_scale: float = 1.0):
+                 data_shift: float = 0.0, data_scale: float = 1.0, text_embeds_shape: list | None = None):
         super().__init__()
         self._check_parameterization(parameterization, prediction_type)
         if unet_class not in UNET_CLASSES:
@@ -175,6 +197,13 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         if num_classes is not None and ucfg.num_class_embeds != num_classes + 1:
             raise ValueError(f"num_classes={num_classes} needs the UNet built with num_class_embeds={num_classes + 1} "
                              f"(one extra null class), got {ucfg.num_class_embeds}")
+        if text_embeds_shape is not None:
+            if unet_class != "UNet2DConditionModel" or len(text_embeds_shape) != 2 \
+                    or ucfg.cross_attention_dim != text_embeds_shape[1]:
+                raise ValueError(f"text_embeds_shape={text_embeds_shape} needs a UNet2DConditionModel whose "
+                                 f"cross_attention_dim is the embedding width; got {unet_class} with "
+                                 f"cross_attention_dim={ucfg.get('cross_attention_dim')}")
+            self.register_buffer("null_text_embeds", torch.zeros(*text_embeds_shape))
         names = list(scalar_names or [])
         if names:
             if unet_class != "UNet2DConditionModel" or not ucfg.time_cond_proj_dim:
@@ -227,7 +256,9 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         if names:
             dim = self.unet.config.time_cond_proj_dim // len(names)
             kwargs["timestep_cond"] = torch.cat([scalar_embedding(cond.scalars[n], dim) for n in names], 1).to(self.dtype)
-        if isinstance(self.unet, UNet2DConditionModel):
+        if self.config.text_embeds_shape is not None:
+            kwargs["encoder_hidden_states"] = self.text_states(cond, batch, net_input.device).to(self.dtype)
+        elif isinstance(self.unet, UNet2DConditionModel):
             kwargs["encoder_hidden_states"] = None
         if self.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             net_input = net_input.contiguous(memory_format=torch.channels_last)  # match a channels-last UNet

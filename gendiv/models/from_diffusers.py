@@ -68,8 +68,9 @@ def is_diffusers_pipeline_folder(path) -> bool:
     index = Path(path) / "model_index.json"
     if not index.is_file():
         return False
-    return not json.loads(index.read_text()).get("_class_name", "").endswith(("GenDivPipeline", "OneStepPipeline",
-                                                                              "ReflectedDiffusionPipeline"))
+    from ..pipelines.loading import GENDIV_PIPELINES
+
+    return json.loads(index.read_text()).get("_class_name", "") not in GENDIV_PIPELINES
 
 
 def denoiser_from_pipeline_folder(path) -> UNetDenoiser:
@@ -83,8 +84,8 @@ def denoiser_from_pipeline_folder(path) -> UNetDenoiser:
     index = json.loads(index_file.read_text())
     kind = index.get("_class_name", "?")
     if "vae" in index or "text_encoder" in index:
-        raise ValueError(f"{path}: {kind} is a latent/text-conditioned pipeline (vae, text_encoder); gendiv distils "
-                         "pixel-space UNet pipelines (unet + scheduler) so far")
+        raise ValueError(f"{path}: {kind} is a latent/text-conditioned pipeline (vae, text_encoder); load it with "
+                         "gendiv.models.latent_text_teacher_from_folder (distillation: teacher.source + teacher.prompts)")
     missing = [c for c in ("unet", "scheduler") if c not in index]
     if missing:
         raise ValueError(f"{path}: {kind} has no {' and no '.join(missing)} component; gendiv needs a pipeline with a "

@@ -69,7 +69,7 @@ class MethodSetup:
 
     teacher: nn.Module
     sample_shape: Callable[[int], tuple]
-    num_classes: int | None
+    draw_condition: Callable[[int, torch.Generator], Condition | None]  # n conditions as training draws them (CPU)
     seed: int
     device: torch.device
     teacher_steps: int
@@ -381,10 +381,11 @@ class DMD(DistillationMethod):
         from ..space import karras_sigmas
 
         g = torch.Generator().manual_seed(setup.seed + 123)
-        cond = None if setup.num_classes is None else Condition(class_labels=torch.randint(0, setup.num_classes, (n,), generator=g))
+        cond = setup.draw_condition(n, g)
         z = torch.randn(setup.sample_shape(n), generator=g)
         sigmas = karras_sigmas(setup.teacher_steps, device=setup.device)
-        x = sample_heun(setup.teacher, z.to(setup.device) * sigmas[0], sigmas, cond=cond)
+        x = sample_heun(setup.teacher, z.to(setup.device) * sigmas[0], sigmas,
+                        cond=None if cond is None else cond.to(setup.device))
         return z, x, cond
 
     def _make_regression_pairs(self, setup: MethodSetup):

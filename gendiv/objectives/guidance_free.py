@@ -42,7 +42,7 @@ def gft_conditional(model, x, sigma, cond: Condition, beta: torch.Tensor) -> tor
     dropped = cond.drop if cond.drop is not None else torch.zeros_like(beta, dtype=torch.bool)
     scale = torch.where(dropped.to(beta.device), torch.ones_like(beta), 1 / beta)
     d_s = model(x, sigma, with_guidance_scale(cond, scale, x.shape[0], x.device))
-    null = Condition(cond.class_labels, torch.ones_like(dropped, dtype=torch.bool), dict(cond.scalars))
+    null = Condition(cond.class_labels, torch.ones_like(dropped, dtype=torch.bool), dict(cond.scalars), cond.text_embeds)
     was_training = model.training
     model.eval()  # the reference code runs the unconditional branch in eval mode, without grad
     with torch.no_grad():

@@ -33,8 +33,9 @@ def alpha_condition(cond: Condition | None, alpha: torch.Tensor) -> Condition:
     """The amortized network's condition: the labels of ``cond`` plus c_α = α − ½ (as SMT's code embeds it)."""
     scalars = {} if cond is None else dict(cond.scalars)
     scalars[ALPHA] = alpha.float() - 0.5
-    return Condition(class_labels=None if cond is None else cond.class_labels,
-                     drop=None if cond is None else cond.drop, scalars=scalars)
+    if cond is None:
+        return Condition(scalars=scalars)
+    return Condition(class_labels=cond.class_labels, drop=cond.drop, scalars=scalars, text_embeds=cond.text_embeds)
 
 
 def sample_alpha(batch: int, generator=None, points: int = 1000, low: int = 0, zero_mass: float = 0.0,

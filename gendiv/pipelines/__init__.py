@@ -1,6 +1,8 @@
 from .pipeline_edm import GenDivPipeline
 from .pipeline_one_step import OneStepPipeline
+from .pipeline_one_step_text import OneStepTextToImagePipeline
 from .pipeline_reflected import ReflectedDiffusionPipeline
-from .loading import load_pipeline  # noqa: E402
+from .loading import GENDIV_PIPELINES, load_pipeline  # noqa: E402
 
-__all__ = ["GenDivPipeline", "OneStepPipeline", "ReflectedDiffusionPipeline", "load_pipeline"]
+__all__ = ["GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline",
+           "GENDIV_PIPELINES", "load_pipeline"]

@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# gendiv's pipeline classes, by the _class_name their saved model_index.json carries
+GENDIV_PIPELINES = ("GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline")
+
 
 def load_pipeline(path, **kwargs):
-    """``GenDivPipeline``, ``OneStepPipeline`` or ``ReflectedDiffusionPipeline`` folders by their class; anything else by
+    """gendiv's pipeline folders (``GENDIV_PIPELINES``) by their own class; anything else by
     ``DiffusionPipeline.from_pretrained``."""
     from diffusers import DiffusionPipeline
 
-    from . import GenDivPipeline, OneStepPipeline, ReflectedDiffusionPipeline
+    from .. import pipelines
 
     index = Path(path) / "model_index.json"
     if not index.is_file():
         raise ValueError(f"{path} is not a saved pipeline (no model_index.json)")
     name = json.loads(index.read_text()).get("_class_name")
-    own = {cls.__name__: cls for cls in (GenDivPipeline, OneStepPipeline, ReflectedDiffusionPipeline)}
-    return own.get(name, DiffusionPipeline).from_pretrained(str(path), **kwargs)
+    cls = getattr(pipelines, name) if name in GENDIV_PIPELINES else DiffusionPipeline
+    return cls.from_pretrained(str(path), **kwargs)

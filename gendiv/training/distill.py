@@ -16,8 +16,9 @@ import torch
 from ..condition import Condition
 from ..guidance import ClassifierFreeGuidance
 from ..models import DiscriminatorHead, OneStepGenerator, denoiser_from_pipeline_folder
+from ..models.latent_text import is_text_pipeline_folder, latent_text_teacher_from_folder
 from ..objectives.distill import DistillBatch, MethodSetup, NetworkFactory, method_class
-from ..pipelines import GenDivPipeline, OneStepPipeline
+from ..pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline
 from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
 from ..space import SIGMA_SAMPLERS, sample_sigma
@@ -33,7 +34,8 @@ from .loop import RunConfig, TrainingLoop
 @dataclass
 class TeacherConfig:
     source: str = "analytic:ring8_imbalanced"  # analytic:<toy> | pipeline:<folder> | <folder> | none (SMT); folders: gendiv or diffusers pipelines
-    guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers)
+    guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers; text: the "" prompt is the null)
+    prompts: str | list = ""                   # text-conditioned teachers: a .txt file (one prompt per line) or a list
 
     def __post_init__(self):
         check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
@@ -41,6 +43,21 @@ class TeacherConfig:
         check(kind in ("analytic", "pipeline") or self.source == "none" or Path(self.source).is_dir(),
               f"teacher.source: unknown teacher source {self.source!r} (not a folder either); use analytic:<toy name>, pipeline:<folder> "
               "or none (methods that train from data alone)")
+        if isinstance(self.prompts, str) and self.prompts:
+            check(Path(self.prompts).is_file(), f"teacher.prompts: {self.prompts} is not a file (one prompt per line)")
+        check(isinstance(self.prompts, (str, list)) and all(isinstance(p, str) for p in (self.prompts if isinstance(self.prompts, list) else [])),
+              f"teacher.prompts must be a file name or a list of strings, got {self.prompts!r}")
+        folder = self.source.partition(":")[2] if kind == "pipeline" else self.source
+        if is_text_pipeline_folder(folder):
+            check(bool(self.prompt_list()), f"teacher.source: {folder} is a text-conditioned pipeline; set teacher.prompts "
+                  "(a .txt file with one prompt per line, or a list) to distil it")
+
+    def prompt_list(self) -> list[str]:
+        if isinstance(self.prompts, list):
+            return [p for p in self.prompts if p.strip()]
+        if not self.prompts:
+            return []
+        return [line.strip() for line in Path(self.prompts).read_text().splitlines() if line.strip()]
 
 
 @dataclass
@@ -148,16 +165,18 @@ class DistillConfig:
 
 
 def load_teacher(spec: str):
-    """(teacher denoiser, default real-data source string) from ``analytic:<toy>``, ``pipeline:<dir>`` or ``<dir>``.
+    """(teacher denoiser, default real-data source string, LatentTextTeacher or None) from ``analytic:<toy>``,
+    ``pipeline:<dir>`` or ``<dir>``.
 
-    A folder may hold a gendiv ``GenDivPipeline`` or a stock diffusers pipeline with a UNet and its scheduler
-    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config.
+    A folder may hold a gendiv ``GenDivPipeline``, a stock diffusers pipeline with a UNet and its scheduler
+    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config, or a latent
+    text-conditioned one (``StableDiffusionPipeline``-shaped: the denoiser works on its latents, prompts condition it).
     """
     if spec == "none":
-        return None, ""
+        return None, "", None
     kind, _, arg = spec.partition(":")
     if kind == "analytic":
-        return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}"
+        return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}", None
     if kind != "pipeline" and Path(spec).is_dir():
         kind, arg = "pipeline", spec
     if kind == "pipeline":
@@ -170,8 +189,11 @@ def load_teacher(spec: str):
             raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
                              "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
         if class_name == "GenDivPipeline":
-            return GenDivPipeline.from_pretrained(str(path)).denoiser, ""
-        return denoiser_from_pipeline_folder(path), ""
+            return GenDivPipeline.from_pretrained(str(path)).denoiser, "", None
+        if is_text_pipeline_folder(path):
+            text = latent_text_teacher_from_folder(path)
+            return text.denoiser, "", text
+        return denoiser_from_pipeline_folder(path), "", None
     raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
 
 
@@ -212,7 +234,16 @@ class DistillTrainer(TrainingLoop):
                          or teacher_is_image_model(cfg.teacher.source))
         self.cfg = cfg
         acc = self.accelerator
-        teacher, default_data = load_teacher(cfg.teacher.source)
+        teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source)
+        self.prompt_embeds = None
+        if self.text_teacher is not None:
+            if cfg.data.source or method_cls.needs_real_data():
+                raise ConfigError(f"teacher.source: {cfg.teacher.source} is a latent text-conditioned teacher; it distils "
+                                  f"data-free (dmd, diff_instruct, sid, or GAN-free f_distill / uni_instruct): method "
+                                  f"{method_cls.name} with these options needs real data, which would have to be latents "
+                                  "with captions; unset data.source and the GAN weights")
+            self.prompts = cfg.teacher.prompt_list()
+            self.prompt_embeds = self.text_teacher.encode(self.prompts)  # encoded once: [P, L, D]
         if teacher is None and method_cls.needs_teacher:
             raise ConfigError(f"method {method_cls.name} distils a teacher: set teacher.source (analytic:<toy> or "
                               "pipeline:<folder>); teacher.source=none is for methods that train from data alone (smt)")
@@ -241,7 +272,8 @@ class DistillTrainer(TrainingLoop):
             generator = OneStepGenerator.from_denoiser(teacher, sigma_init)
         self._check_compatible(generator, teacher)
         aux = self.method.build_auxiliaries(factory)
-        if teacher is not None and cfg.teacher.guidance_scale != 1.0 and self.source.num_classes is None:
+        if teacher is not None and cfg.teacher.guidance_scale != 1.0 and self.source.num_classes is None \
+                and self.text_teacher is None:
             raise ConfigError(f"teacher.guidance_scale={cfg.teacher.guidance_scale} needs a class-conditional teacher and "
                               "data (CFG guides against the null class); this teacher is unconditional")
         self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
@@ -272,7 +304,7 @@ class DistillTrainer(TrainingLoop):
         self.ema_generator = self.add_ema("generator", self.generator, o.ema_decay)
         self.extra_state.update(self.method.state_modules())
         self.method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=acc.unwrap_model(self.generator).sample_shape,
-                                        num_classes=self.source.num_classes, seed=self.run.seed, device=acc.device,
+                                        draw_condition=self._draw_condition, seed=self.run.seed, device=acc.device,
                                         teacher_steps=cfg.eval.teacher_steps))
         self._teacher_reference = None
         reuse = cfg.optim.reuse_generator_samples
@@ -296,16 +328,22 @@ class DistillTrainer(TrainingLoop):
             raise ValueError(f"condition mismatch: the data has num_classes={self.source.num_classes} but the teacher "
                              f"{t_classes} (set data.use_labels=false for an unconditional teacher)")
         with torch.no_grad():
-            out = teacher(x.to(self.accelerator.device), 1.0, self._labels_cond(2))
+            out = teacher(x.to(self.accelerator.device), 1.0, self._cond(2))
         if tuple(out.shape) != shape:
             raise ValueError(f"teacher output {tuple(out.shape[1:])} does not match the generator's {shape[1:]}")
 
-    def _labels_cond(self, batch: int, labels=None) -> Condition | None:
-        if self.source.num_classes is None:
-            return None
-        if labels is None:
-            labels = draw_labels(self.source, batch, self.gen)
-        return Condition(class_labels=labels.to(self.accelerator.device))
+    def _draw_condition(self, batch: int, generator: torch.Generator) -> Condition | None:
+        """``batch`` training conditions (on the CPU): prompts drawn uniformly for text teachers, else class labels."""
+        if self.prompt_embeds is not None:
+            idx = torch.randint(0, len(self.prompt_embeds), (batch,), generator=generator)
+            return Condition(text_embeds=self.prompt_embeds[idx])
+        labels = draw_labels(self.source, batch, generator)
+        return None if labels is None else Condition(class_labels=labels)
+
+    def _cond(self, batch: int, labels=None) -> Condition | None:
+        """A training batch's condition on the device: the given labels (real data's) or drawn ones."""
+        cond = Condition(class_labels=labels) if labels is not None else self._draw_condition(batch, self.gen)
+        return None if cond is None else cond.to(self.accelerator.device)
 
     def _sigma(self, which: str, batch: int) -> torch.Tensor:
         cfg = self.sigma_configs[which]
@@ -317,7 +355,7 @@ class DistillTrainer(TrainingLoop):
 
     def _real(self, batch: int):
         x_real, labels = self.source.sample_batch(batch, self.gen)
-        return x_real.to(self.accelerator.device), self._labels_cond(batch, labels)
+        return x_real.to(self.accelerator.device), self._cond(batch, labels)
 
     def _batch(self, x, cond) -> DistillBatch:
         return DistillBatch(x=x, cond=cond, teacher=self.guided_teacher, generator=self.generator, rng=self.gen,
@@ -331,7 +369,7 @@ class DistillTrainer(TrainingLoop):
         if samples is not None:
             x_fake, cond = samples
         else:
-            cond = self._labels_cond(bs)
+            cond = self._cond(bs)
             with torch.no_grad(), acc.autocast():
                 x_fake = self.generator(self._z(bs), cond).float()
         with acc.autocast():
@@ -352,7 +390,7 @@ class DistillTrainer(TrainingLoop):
 
     def generator_step(self) -> dict:
         acc, bs = self.accelerator, self.run.batch_size
-        cond = self._labels_cond(bs)
+        cond = self._cond(bs)
         frozen = {name: acc.unwrap_model(m) for name, m in self.nets.items()}
         for m in frozen.values():
             m.requires_grad_(False)
@@ -386,10 +424,13 @@ class DistillTrainer(TrainingLoop):
     def one_step_samples(self, n: int, seed: int):
         g = torch.Generator().manual_seed(seed)
         gen = self.ema_generator
-        labels = draw_labels(self.source, n, g)
-        cond = None if labels is None else Condition(class_labels=labels.to(self.accelerator.device))
+        cond = self._draw_condition(n, g)
+        labels = None if cond is None else cond.class_labels
         z = torch.randn(gen.sample_shape(n), generator=g).to(self.accelerator.device)
-        return gen(z, cond).float().cpu(), labels
+        x = gen(z, None if cond is None else cond.to(self.accelerator.device)).float()
+        if self.text_teacher is not None:  # latents → images for the grid
+            x = self.text_teacher.decode(x)
+        return x.cpu(), labels
 
     @torch.no_grad()
     def teacher_samples(self, n: int, seed: int, labels):
@@ -429,8 +470,15 @@ class DistillTrainer(TrainingLoop):
         return {f"student/{k}": v for k, v in student.items()} | {f"teacher/{k}": v for k, v in result.get("teacher", {}).items()}
 
     def export(self):
-        if self.is_main:
-            OneStepPipeline(student=self.ema_generator).save_pretrained(str(self.out / "pipeline"))
+        if not self.is_main:
+            return
+        if self.text_teacher is not None:
+            t = self.text_teacher
+            pipe = OneStepTextToImagePipeline(student=self.ema_generator, vae=t.vae, text_encoder=t.text_encoder,
+                                              tokenizer=t.tokenizer)
+        else:
+            pipe = OneStepPipeline(student=self.ema_generator)
+        pipe.save_pretrained(str(self.out / "pipeline"))
 
 
 def distill(cfg: DistillConfig) -> dict:

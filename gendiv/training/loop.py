@@ -49,7 +49,7 @@ class RunConfig:
     sample_every: int = 1000         # plots/metrics during training (0: only at the end)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    mixed_precision: str = "auto"    # auto | no | bf16 | fp16 (auto: bf16 for image models on bf16-native devices)
+    mixed_precision: str | bool = "auto"  # auto | no | bf16 | fp16 (auto: bf16 for image models on bf16-native devices)
     channels_last: str | bool = "auto"  # auto: UNets in channels-last memory format
     compile: bool = False            # torch.compile the trained networks
     fused_optimizer: str | bool = "auto"  # auto: AdamW(fused=True) on CUDA (slower on the CPU, measured)
@@ -61,6 +61,8 @@ class RunConfig:
     progress: bool = True
 
     def __post_init__(self):
+        if self.mixed_precision is False:  # YAML reads a bare `no` (mixed_precision=no) as false
+            self.mixed_precision = "no"
         for key in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, key) >= 1, f"run.{key} must be ≥ 1, got {getattr(self, key)}")
         check(self.sample_every >= 0, f"run.sample_every must be ≥ 0 (0: only at the end), got {self.sample_every}")
