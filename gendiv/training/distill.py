@@ -244,6 +244,7 @@ class DistillTrainer(TrainingLoop):
                                   "with captions; unset data.source and the GAN weights")
             self.prompts = cfg.teacher.prompt_list()
             self.prompt_embeds = self.text_teacher.encode(self.prompts)  # encoded once: [P, L, D]
+            self.text_teacher.vae.to(acc.device)  # decodes the evaluation grids
         if teacher is None and method_cls.needs_teacher:
             raise ConfigError(f"method {method_cls.name} distils a teacher: set teacher.source (analytic:<toy> or "
                               "pipeline:<folder>); teacher.source=none is for methods that train from data alone (smt)")
