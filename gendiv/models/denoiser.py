@@ -69,7 +69,7 @@ class DenoiserMixin:
                 raise ValueError(f"class label out of range [0, {num_classes}): got values "
                                  f"{labels.min().item()}..{labels.max().item()}")
         text = None if cond is None else cond.text_embeds
-        shape = self.config.get("text_embeds_shape")
+        shape = getattr(self.config, "text_embeds_shape", None)
         if text is not None:
             if shape is None:
                 raise ValueError(f"{type(self).__name__} is not text-conditioned (text_embeds_shape=None) but got "
