@@ -19,7 +19,7 @@ import functools
 import torch
 
 from .native_cpu import h_code
-from .score_difference import _triton_kernel, triton_available, weighted_difference_eager
+from .score_difference import triton_available, weighted_difference_eager, weighted_difference_triton
 
 
 def fdistill_weighting(x, d_teacher, d_fake, logits, sigma, edges, means, seen, h, logit_clamp: float = 10.0,
@@ -131,11 +131,7 @@ def fdistill_weighting_triton(x, d_teacher, d_fake, logits, sigma, edges, means,
                                    logit_clamp, ratio_min, ratio_max, bin_ema, alpha, eps, H_CODE=code,
                                    USE_BINS=use_bins, NUM_BINS=num_bins, NORMALIZE_WEIGHTS=normalize_weights,
                                    BLOCK_B=max(16, 1 << (batch - 1).bit_length()))
-    x2, t2, f2 = (a.detach().reshape(batch, -1).contiguous() for a in (x, d_teacher, d_fake))
-    n_cols = x2.shape[1]
-    g = torch.empty(x2.shape, dtype=torch.float32, device=dev)
-    _triton_kernel()[(batch,)](x2, t2, f2, w, g, n_cols, eps, NORMALIZE=normalize,
-                               BLOCK=min(4096, 1 << (n_cols - 1).bit_length()))
+    g = weighted_difference_triton(x.detach(), d_teacher.detach(), d_fake.detach(), w, normalize, eps)
     if not use_bins:
-        return g.view(x.shape), means, seen
-    return g.view(x.shape), new_means, new_seen.bool()
+        return g, means, seen
+    return g, new_means, new_seen.bool()
