@@ -143,125 +143,186 @@ def _tiny_image_setup(batch: int = 16, channels_last: bool = False):
     return teacher, fake, gen, batch
 
 
+def _step_nets(channels_last: bool, fused):
+    from gendiv.training.performance import adamw
+
+    teacher, fake, gen, bs = _tiny_image_setup(channels_last=channels_last)
+    opt_g = adamw(gen.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
+    opt_f = adamw(fake.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
+    return teacher, fake, gen, bs, opt_g, opt_f, torch.randn(bs, 3, 32, 32)
+
+
+def _autocast(precision: str):
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
+
+
+def _gendiv_step(net, precision: str, reuse: bool):
+    """gendiv's DMD step as the trainer runs it: score_difference_step, the method's loss, denoising_loss."""
+    from gendiv.objectives import DMD, denoising_loss, score_difference_step
+    from gendiv.space import sample_sigma
+
+    teacher, fake, gen, bs, opt_g, opt_f, z = net
+    method = DMD(kernel_backend="auto")
+    sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
+    fake.requires_grad_(False)
+    with _autocast(precision):
+        x = gen(z).float()
+        ctx = score_difference_step(x, teacher, fake, sigma)
+        loss, _ = method.generator_loss(ctx)
+    loss.backward()
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    fake.requires_grad_(True)
+    if reuse:
+        xf = x.detach()
+    else:
+        with torch.no_grad(), _autocast(precision):
+            xf = gen(z).float()
+    with _autocast(precision):
+        loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
+    loss_f.backward()
+    opt_f.step()
+    opt_f.zero_grad(set_to_none=True)
+
+
+def _dmd2_reference_step(net, precision: str):
+    """The DMD2 code path, written out: noise, two no-grad predictions, normalised gradient, surrogate MSE."""
+    from gendiv.space import edm_loss_weight, sample_sigma
+
+    teacher, fake, gen, bs, opt_g, opt_f, z = net
+    sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980).view(-1, 1, 1, 1)
+    fake.requires_grad_(False)
+    with _autocast(precision):
+        x = gen(z).float()
+        noisy = x + sigma * torch.randn_like(x)
+        with torch.no_grad():
+            pred_real = teacher(noisy, sigma.flatten()).float()
+            pred_fake = fake(noisy, sigma.flatten()).float()
+            p_real, p_fake = x - pred_real, x - pred_fake
+            grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
+            grad = torch.nan_to_num(grad)
+        loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
+    loss.backward()
+    opt_g.step()
+    opt_g.zero_grad(set_to_none=True)
+    fake.requires_grad_(True)
+    with torch.no_grad(), _autocast(precision):
+        xf = gen(z).float()
+    s2 = sample_sigma("karras_index", bs).view(-1, 1, 1, 1)
+    with _autocast(precision):
+        pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten()).float()
+        loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
+    loss_f.backward()
+    opt_f.step()
+    opt_f.zero_grad(set_to_none=True)
+
+
+def _network_passes(net, precision: str, reuse: bool):
+    """Generator forward+backward, teacher forward, fake forward (no grad), [generator forward (no grad)], fake
+    forward+backward: the passes no implementation of that configuration can avoid (a step's floor)."""
+    teacher, fake, gen, bs, _, _, z = net
+    sigma = torch.full((bs,), 1.0)
+    with _autocast(precision):
+        x = gen(z)
+        x.float().sum().backward()
+        with torch.no_grad():
+            teacher(x.detach(), sigma)
+            fake(x.detach(), sigma)
+            xf = x.detach() if reuse else gen(z)
+        fake(xf, sigma).float().sum().backward()
+    gen.zero_grad(set_to_none=True)
+    fake.zero_grad(set_to_none=True)
+
+
+def _step_worker(conn, gendiv_defaults: bool):
+    """One process of the step benchmark. ``run.keep_freed_memory`` changes the process's allocator for good, so
+    the plain rows run in a process left as PyTorch starts (``gendiv_defaults`` False) and the default-configuration
+    rows in one set up as gendiv's trainer sets it up; the parent alternates rounds between the two."""
+    from gendiv.training.performance import keep_freed_memory, native_bf16, resolve_mixed_precision
+
+    torch.manual_seed(0)
+    if gendiv_defaults:
+        kept = keep_freed_memory("auto")
+        precision = resolve_mixed_precision("auto", image_data=True)
+        net, plain = _step_nets(True, "auto"), _step_nets(False, False)
+        fns = {"default": lambda: _gendiv_step(net, precision, True),
+               "floor default": lambda: _network_passes(net, precision, True),
+               "plain kept": lambda: _dmd2_reference_step(plain, "no")}
+        info = {"precision": precision, "fused": bool(net[4].defaults.get("fused")), "kept": kept}
+    else:
+        net = _step_nets(False, False)
+        bf16 = native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+        fns = {f"plain {p}": (lambda p=p: _dmd2_reference_step(net, p)) for p in ["no"] + (["bf16"] if bf16 else [])}
+        fns["off"] = lambda: _gendiv_step(net, "no", False)
+        fns["floor off"] = lambda: _network_passes(net, "no", False)
+        info = {}
+    for fn in fns.values():
+        for _ in range(2):
+            fn()
+    conn.send(info)
+    while conn.recv() == "round":
+        times = {}
+        for key, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[key] = time.perf_counter() - t
+        conn.send(times)
+
+
 @benchmark("step")
 def bench_step(args) -> str:
     """One DMD generator + fake-score step on a tiny UNet (3×32×32, batch 16): gendiv's step in its default
-    configuration (precision auto, channels-last, fused AdamW, the fake update reusing the generator step's samples)
-    and with every switch off, against a plain eager DMD2-style loop in fp32 and in bf16 autocast, and against the sum
-    of each configuration's unavoidable network passes (its floor: the rest is outside-network overhead)."""
-    from gendiv.objectives import DMD, denoising_loss, score_difference_step
-    from gendiv.space import edm_loss_weight, sample_sigma
-    from gendiv.training.performance import adamw, native_bf16, resolve_mixed_precision
+    configuration (precision auto, channels-last, fused AdamW, the fake update reusing the generator step's samples,
+    freed memory kept in the process) and with every switch off, against a plain eager DMD2-style loop in fp32 and
+    in bf16 autocast, and against the sum of each configuration's unavoidable network passes (its floor: the rest is
+    outside-network overhead). Two processes (see ``_step_worker``), measured in alternating rounds."""
+    import multiprocessing
 
-    default_precision = resolve_mixed_precision("auto", image_data=True)
+    ctx = multiprocessing.get_context("spawn")
+    workers, info = [], {}
+    for defaults in (False, True):  # one after the other: warm-ups do not overlap
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_step_worker, args=(child, defaults), daemon=True)
+        proc.start()
+        info.update(parent.recv())
+        workers.append((proc, parent))
+    samples: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for _, conn in workers:
+            conn.send("round")
+            for key, t in conn.recv().items():
+                samples.setdefault(key, []).append(t)
+    for proc, conn in workers:
+        conn.send("stop")
+        proc.join()
+    t = {k: statistics.median(v) for k, v in samples.items()}
 
-    def setup(channels_last: bool, fused):
-        teacher, fake, gen, bs = _tiny_image_setup(channels_last=channels_last)
-        opt_g = adamw(gen.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
-        opt_f = adamw(fake.parameters(), 1e-6, (0.9, 0.99), 0.0, fused)
-        return teacher, fake, gen, bs, opt_g, opt_f, torch.randn(bs, 3, 32, 32)
-
-    def autocast(precision):
-        return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16,
-                              enabled=precision == "bf16")
-
-    def gendiv_step(net, precision: str, reuse: bool):
-        teacher, fake, gen, bs, opt_g, opt_f, z = net
-        method = DMD(kernel_backend="auto")
-        sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
-        fake.requires_grad_(False)
-        with autocast(precision):
-            x = gen(z).float()
-            ctx = score_difference_step(x, teacher, fake, sigma)
-            loss, _ = method.generator_loss(ctx)
-        loss.backward()
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        fake.requires_grad_(True)
-        if reuse:
-            xf = x.detach()
-        else:
-            with torch.no_grad(), autocast(precision):
-                xf = gen(z).float()
-        with autocast(precision):
-            loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
-        loss_f.backward()
-        opt_f.step()
-        opt_f.zero_grad(set_to_none=True)
-
-    def dmd2_reference_step(net, precision: str):
-        # the DMD2 code path, written out: noise, two no-grad predictions, normalised gradient, surrogate MSE
-        teacher, fake, gen, bs, opt_g, opt_f, z = net
-        sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980).view(-1, 1, 1, 1)
-        fake.requires_grad_(False)
-        with autocast(precision):
-            x = gen(z).float()
-            noisy = x + sigma * torch.randn_like(x)
-            with torch.no_grad():
-                pred_real = teacher(noisy, sigma.flatten()).float()
-                pred_fake = fake(noisy, sigma.flatten()).float()
-                p_real, p_fake = x - pred_real, x - pred_fake
-                grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
-                grad = torch.nan_to_num(grad)
-            loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
-        loss.backward()
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
-        fake.requires_grad_(True)
-        with torch.no_grad(), autocast(precision):
-            xf = gen(z).float()
-        s2 = sample_sigma("karras_index", bs).view(-1, 1, 1, 1)
-        with autocast(precision):
-            pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten()).float()
-            loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
-        loss_f.backward()
-        opt_f.step()
-        opt_f.zero_grad(set_to_none=True)
-
-    def passes(net, precision: str, reuse: bool):
-        # generator forward+backward, teacher forward, fake forward (no grad), [generator forward (no grad)],
-        # fake forward+backward: the passes no implementation of that configuration can avoid
-        teacher, fake, gen, bs, _, _, z = net
-        sigma = torch.full((bs,), 1.0)
-        with autocast(precision):
-            x = gen(z)
-            x.float().sum().backward()
-            with torch.no_grad():
-                teacher(x.detach(), sigma)
-                fake(x.detach(), sigma)
-                xf = x.detach() if reuse else gen(z)
-            fake(xf, sigma).float().sum().backward()
-        gen.zero_grad(set_to_none=True)
-        fake.zero_grad(set_to_none=True)
-
-    reps = args.repeats
-    plain_net, fast_net = setup(False, False), setup(True, "auto")
-    fused_label = "fused AdamW" if fast_net[4].defaults.get("fused") else "for-each AdamW (fused: CUDA only)"
-    precisions = ["no"] + (["bf16"] if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else [])
-    default_label = (f"gendiv default ({'bf16' if default_precision == 'bf16' else 'fp32'}, channels-last, {fused_label}, "
-                     "reused samples)")
-    fns = {f"plain DMD2-style loop, {'fp32' if p == 'no' else p}": (lambda p=p: dmd2_reference_step(plain_net, p))
-           for p in precisions}
-    fns["gendiv, every switch off (fp32)"] = lambda: gendiv_step(plain_net, "no", False)
-    fns[default_label] = lambda: gendiv_step(fast_net, default_precision, True)
-    fns["floor off"] = lambda: passes(plain_net, "no", False)
-    fns["floor default"] = lambda: passes(fast_net, default_precision, True)
-    results = timed_together(fns, reps)
-    floor_off, floor_default = results.pop("floor off"), results.pop("floor default")
-    t_default = results[default_label]
-    plain_fp32 = results["plain DMD2-style loop, fp32"]
-    plain_same = results.get(f"plain DMD2-style loop, {default_precision}", plain_fp32) if default_precision == "bf16" \
-        else plain_fp32
-    rows = [[k, v * 1e3, plain_fp32 / v] for k, v in results.items()]
-    note = "" if "bf16" in precisions else ("\n\nbf16 is not native on this CPU (no AMX/AVX512-BF16 in oneDNN): "
-                                            "autocast would emulate it many times slower, so `auto` keeps fp32 here "
-                                            "and the bf16 rows are not run.")
-    return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}\n\n"
-            + table(["step", "ms/step", "throughput vs plain fp32"], rows)
-            + f"\n\ngendiv default vs plain loop in fp32: {plain_fp32 / t_default:.2f}×; vs plain loop at the same "
-              f"precision: {plain_same / t_default:.2f}×. Outside-network overhead (step time over the sum of its network "
-              f"passes, same configuration): default {100 * (t_default / floor_default - 1):.1f}%, every switch off "
-              f"{100 * (results['gendiv, every switch off (fp32)'] / floor_off - 1):.1f}%." + note)
+    precision = "bf16" if info["precision"] == "bf16" else "fp32"
+    switches = ", ".join([precision, "channels-last", "fused AdamW" if info["fused"] else "AdamW (no fused kernel)",
+                          "reused samples"] + (["freed memory kept"] if info["kept"] else []))
+    rows = [["plain DMD2-style loop, fp32", t["plain no"]]]
+    if "plain bf16" in t:
+        rows.append(["plain DMD2-style loop, bf16 autocast", t["plain bf16"]])
+    rows += [["gendiv, every switch off (fp32)", t["off"]], [f"gendiv default ({switches})", t["default"]]]
+    if info["kept"]:
+        rows.append(["plain DMD2-style loop, fp32, freed memory kept (gendiv's allocator setting alone)", t["plain kept"]])
+    plain_fp32 = t["plain no"]
+    plain_same = t.get("plain bf16", plain_fp32) if precision == "bf16" else plain_fp32
+    note = "" if "plain bf16" in t else ("\n\nbf16 is not native on this CPU (no AMX/AVX512-BF16 in oneDNN): "
+                                         "autocast would emulate it many times slower, so `auto` keeps fp32 here "
+                                         "and the bf16 rows are not run.")
+    return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}, "
+            f"median of {args.repeats} alternating rounds\n\n"
+            + table(["step", "ms/step", "throughput vs plain fp32"], [[k, v * 1e3, plain_fp32 / v] for k, v in rows])
+            + f"\n\ngendiv default vs plain loop in fp32: {plain_fp32 / t['default']:.2f}×; vs plain loop at the same "
+              f"precision: {plain_same / t['default']:.2f}×. Outside-network overhead (step time over the sum of its "
+              f"network passes, same configuration and process): default {100 * (t['default'] / t['floor default'] - 1):.1f}%, "
+              f"every switch off {100 * (t['off'] / t['floor off'] - 1):.1f}%." + note)
 
 
 TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio

@@ -78,6 +78,8 @@ CLI_CASES = [
      r"teacher pipeline not found"),
     ("mixed precision", TRAIN + ["run.mixed_precision=fp8"], r"run\.mixed_precision must be auto, no, bf16 or fp16"),
     ("channels_last", TRAIN + ["run.channels_last=maybe"], r"run\.channels_last must be auto, true or false, got .maybe."),
+    ("keep freed memory", TRAIN + ["run.keep_freed_memory=always"],
+     r"run\.keep_freed_memory must be auto, true or false, got .always."),
     ("grad clip", TRAIN + ["run.grad_clip=-1"], r"run\.grad_clip must be ≥ 0"),
     ("data source", TRAIN + ["data.source=cifar10"], r"unknown data source 'cifar10'"),
     ("data channels", TRAIN + ["data.channels=2"], r"data\.channels must be 1, 3 or null"),

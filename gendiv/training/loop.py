@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, latest_intact_checkpoint, seal_checkpoint, tmp_dir_for
 from .config import ConfigError, check
-from .performance import adamw, apply_compile, apply_memory_format, resolve_mixed_precision
+from .performance import adamw, apply_compile, apply_memory_format, keep_freed_memory, resolve_mixed_precision
 
 
 class RunExistsError(ConfigError):
@@ -52,7 +52,8 @@ class RunConfig:
     mixed_precision: str | bool = "auto"  # auto | no | bf16 | fp16 (auto: bf16 for image models on bf16-native devices)
     channels_last: str | bool = "auto"  # auto: UNets in channels-last memory format
     compile: bool = False            # torch.compile the trained networks
-    fused_optimizer: str | bool = "auto"  # auto: AdamW(fused=True) on CUDA (slower on the CPU, measured)
+    fused_optimizer: str | bool = "auto"  # auto: AdamW(fused=True) where PyTorch has it (CUDA, CPU)
+    keep_freed_memory: str | bool = "auto"  # auto: on the CPU (glibc), reuse freed memory instead of page-faulting it
     grad_clip: float = 1.0           # max gradient norm (0: off)
     trackers: list = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]
     resume: bool = False             # continue from the newest intact checkpoint in output_dir/checkpoints
@@ -68,7 +69,7 @@ class RunConfig:
         check(self.sample_every >= 0, f"run.sample_every must be ≥ 0 (0: only at the end), got {self.sample_every}")
         check(self.mixed_precision in ("auto", "no", "bf16", "fp16"),
               f"run.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        for key in ("channels_last", "fused_optimizer"):
+        for key in ("channels_last", "fused_optimizer", "keep_freed_memory"):
             check(getattr(self, key) in ("auto", True, False), f"run.{key} must be auto, true or false, got {getattr(self, key)!r}")
         check(self.grad_clip >= 0, f"run.grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
         check(self.stop_after is None or self.stop_after >= 1, f"run.stop_after must be ≥ 1 or null, got {self.stop_after}")
@@ -87,6 +88,8 @@ class TrainingLoop:
         AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True on CPU-only machines is what makes accelerate see torchrun's ranks (MULTI_CPU over gloo).
         self.mixed_precision = resolve_mixed_precision(run.mixed_precision, image_data)
+        if run.keep_freed_memory is not False:
+            keep_freed_memory(run.keep_freed_memory)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=self.mixed_precision, log_with=list(run.trackers) or None,
                                        project_dir=str(self.out))
         self.accelerator.wait_for_everyone()  # rank 0 may have moved a previous run aside

@@ -8,8 +8,13 @@
 - ``run.channels_last: auto`` → UNet weights and inputs in channels-last memory format (oneDNN/cuDNN's preferred
   layout; measured 1.39× on a UNet forward here), off for MLPs.
 - ``run.compile`` → ``torch.compile`` of each trained network in place (state-dict keys unchanged).
-- ``run.fused_optimizer: auto`` → AdamW(fused=True) (one kernel for the whole parameter update) on CUDA; on the CPU
-  it measured 4–7% slower per step than the default for-each implementation, so ``auto`` leaves it off there.
+- ``run.fused_optimizer: auto`` → AdamW(fused=True) (one kernel for the whole parameter update) wherever PyTorch has
+  it (CUDA and the CPU). On the CPU PyTorch's own default is the per-tensor loop (it picks for-each on accelerators only):
+  measured here on the tiny UNet's 1.06 M parameters, 2.7 ms fused vs 8.8 ms per-tensor and 6.1 ms for-each.
+- ``run.keep_freed_memory: auto`` → on the CPU under glibc, freed tensor memory stays in the process for the next
+  allocation (``mallopt``: no mmap below 32 MiB, no trimming) instead of going back to the OS and being page-faulted
+  in again, zeroed, on the next pass: measured 36,000 minor page faults and 0.12 CPU-s of kernel time per tiny-UNet
+  DMD step without it, none with it, 13% faster steps. The process keeps its peak heap size.
 - ``optim.reuse_generator_samples`` (distillation) → the fake-score update trains on the generator step's samples,
   saving one generator pass per generator step (DMD2's order).
 None of these changes the math: tests/test_performance.py compares losses and updates with the plain path.
@@ -33,6 +38,39 @@ def native_bf16(device_type: str) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+# glibc mallopt parameters (malloc.h); 32 MiB is the largest mmap threshold glibc accepts on 64-bit
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_KEEP = {_M_MMAP_THRESHOLD: 32 * 1024 * 1024, _M_TRIM_THRESHOLD: 2 ** 31 - 1}
+_GLIBC_DEFAULTS = {_M_MMAP_THRESHOLD: 128 * 1024, _M_TRIM_THRESHOLD: 128 * 1024}
+
+
+@functools.cache
+def _glibc():
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory(setting=True) -> bool:
+    """Let glibc keep freed memory in the process (``setting`` auto/True; False restores glibc's static defaults).
+
+    PyTorch's CPU allocator is plain malloc: a UNet's activations (MiBs each) are above glibc's mmap threshold, so
+    every pass maps fresh pages that the kernel zero-fills on first touch and unmaps them on free. Returns whether
+    the setting applied (False off Linux/glibc, or for CUDA training where it does not matter and ``auto`` skips it).
+    """
+    libc = _glibc()
+    if libc is None or (setting == "auto" and default_device_type() == "cuda"):
+        return False
+    values = _KEEP if setting in ("auto", True) else _GLIBC_DEFAULTS
+    return all(libc.mallopt(key, value) == 1 for key, value in values.items())
 
 
 def default_device_type() -> str:
@@ -80,8 +118,8 @@ def apply_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 
 def adamw(params, lr: float, betas, weight_decay: float, fused) -> torch.optim.Optimizer:
     params = list(params)
-    # auto: CUDA only; on the CPU the fused AdamW measured slower than the for-each one (eval/bench.py step)
-    use_fused = fused is True or (fused == "auto" and all(p.is_cuda and p.is_floating_point() for p in params))
+    # auto: fused wherever PyTorch implements it (CUDA, CPU); a device without it falls back to the default
+    use_fused = fused is True or (fused == "auto" and all(p.is_floating_point() for p in params))
     if use_fused:
         try:
             return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=True)
