@@ -59,15 +59,22 @@ def timed_together(fns: dict, repeats: int = 10, warmup: int = 2) -> dict:
             fn()
     samples = {k: [] for k in fns}
     for _ in range(repeats):
-        for k, fn in fns.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            samples[k].append(time.perf_counter() - t)
+        for k, t in timed_round(fns).items():
+            samples[k].append(t)
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def timed_round(fns: dict) -> dict:
+    """Seconds of one call of each function, in order (CUDA-synchronised)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times = {}
+    for k, fn in fns.items():
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times[k] = time.perf_counter() - t
+    return times
 
 
 def machine() -> str:
@@ -262,16 +269,7 @@ def _step_worker(conn, gendiv_defaults: bool):
             fn()
     conn.send(info)
     while conn.recv() == "round":
-        times = {}
-        for key, fn in fns.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[key] = time.perf_counter() - t
-        conn.send(times)
+        conn.send(timed_round(fns))
 
 
 @benchmark("step")
