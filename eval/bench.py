@@ -16,6 +16,7 @@ import copy
 import json
 import platform
 import re
+import resource
 import statistics
 import sys
 import time
@@ -268,8 +269,42 @@ def _step_worker(conn, gendiv_defaults: bool):
         for _ in range(2):
             fn()
     conn.send(info)
-    while conn.recv() == "round":
-        conn.send(timed_round(fns))
+    while (msg := conn.recv()) == "round":
+        times, faults = {}, {}
+        for key, fn in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            times.update(timed_round({key: fn}))
+            faults[key] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        conn.send((times, faults))
+    if msg == "parts" and gendiv_defaults:
+        conn.send(_step_parts(net, plain))
+
+
+def _step_parts(cl_net, plain_net) -> list:
+    """What each switch does to the parts of a step, in the process of the default rows: one AdamW update of the
+    generator (fused vs PyTorch's default for these tensors), and single passes without vs with channels-last."""
+    sigma = torch.rand(cl_net[3]) * 3
+    z = cl_net[6]
+    params = list(cl_net[2].parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    default_opt = torch.optim.AdamW(params, lr=1e-6)
+
+    def no_grad_forward(net):
+        with torch.no_grad():
+            net[0](z, sigma)
+
+    def forward_backward(net):
+        net[1](z, sigma).sum().backward()
+        net[1].zero_grad(set_to_none=True)
+
+    t = timed_together({"fused": cl_net[4].step, "default": default_opt.step,
+                        "fwd nchw": lambda: no_grad_forward(plain_net), "fwd cl": lambda: no_grad_forward(cl_net),
+                        "fb nchw": lambda: forward_backward(plain_net), "fb cl": lambda: forward_backward(cl_net)}, 20, 2)
+    n = sum(p.numel() for p in params) / 1e6
+    return [[f"AdamW update ({n:.2f} M parameters): PyTorch's default here → fused", t["default"], t["fused"]],
+            ["teacher forward, no grad: NCHW → channels-last", t["fwd nchw"], t["fwd cl"]],
+            ["fake forward + backward: NCHW → channels-last", t["fb nchw"], t["fb cl"]]]
 
 
 @benchmark("step")
@@ -290,25 +325,32 @@ def bench_step(args) -> str:
         info.update(parent.recv())
         workers.append((proc, parent))
     samples: dict[str, list[float]] = {}
+    fault_samples: dict[str, list[int]] = {}
     for _ in range(args.repeats):
         for _, conn in workers:
             conn.send("round")
-            for key, t in conn.recv().items():
-                samples.setdefault(key, []).append(t)
-    for proc, conn in workers:
-        conn.send("stop")
+            times, faults = conn.recv()
+            for key in times:
+                samples.setdefault(key, []).append(times[key])
+                fault_samples.setdefault(key, []).append(faults[key])
+    parts = []
+    for defaults, (proc, conn) in zip((False, True), workers):
+        conn.send("parts")
+        if defaults:
+            parts = conn.recv()
         proc.join()
     t = {k: statistics.median(v) for k, v in samples.items()}
+    faults = {k: statistics.median(v) for k, v in fault_samples.items()}
 
     precision = "bf16" if info["precision"] == "bf16" else "fp32"
     switches = ", ".join([precision, "channels-last", "fused AdamW" if info["fused"] else "AdamW (no fused kernel)",
                           "reused samples"] + (["freed memory kept"] if info["kept"] else []))
-    rows = [["plain DMD2-style loop, fp32", t["plain no"]]]
+    rows = [["plain DMD2-style loop, fp32", "plain no"]]
     if "plain bf16" in t:
-        rows.append(["plain DMD2-style loop, bf16 autocast", t["plain bf16"]])
-    rows += [["gendiv, every switch off (fp32)", t["off"]], [f"gendiv default ({switches})", t["default"]]]
+        rows.append(["plain DMD2-style loop, bf16 autocast", "plain bf16"])
+    rows += [["gendiv, every switch off (fp32)", "off"], [f"gendiv default ({switches})", "default"]]
     if info["kept"]:
-        rows.append(["plain DMD2-style loop, fp32, freed memory kept (gendiv's allocator setting alone)", t["plain kept"]])
+        rows.append(["plain DMD2-style loop, fp32, freed memory kept (gendiv's allocator setting alone)", "plain kept"])
     plain_fp32 = t["plain no"]
     plain_same = t.get("plain bf16", plain_fp32) if precision == "bf16" else plain_fp32
     note = "" if "plain bf16" in t else ("\n\nbf16 is not native on this CPU (no AMX/AVX512-BF16 in oneDNN): "
@@ -316,11 +358,15 @@ def bench_step(args) -> str:
                                          "and the bf16 rows are not run.")
     return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}, "
             f"median of {args.repeats} alternating rounds\n\n"
-            + table(["step", "ms/step", "throughput vs plain fp32"], [[k, v * 1e3, plain_fp32 / v] for k, v in rows])
+            + table(["step", "ms/step", "throughput vs plain fp32", "page faults/step"],
+                    [[label, t[k] * 1e3, plain_fp32 / t[k], round(faults[k])] for label, k in rows])
             + f"\n\ngendiv default vs plain loop in fp32: {plain_fp32 / t['default']:.2f}×; vs plain loop at the same "
               f"precision: {plain_same / t['default']:.2f}×. Outside-network overhead (step time over the sum of its "
               f"network passes, same configuration and process): default {100 * (t['default'] / t['floor default'] - 1):.1f}%, "
-              f"every switch off {100 * (t['off'] / t['floor off'] - 1):.1f}%." + note)
+              f"every switch off {100 * (t['off'] / t['floor off'] - 1):.1f}%."
+            + "\n\nParts of a step, same process as the default rows (median of 20 interleaved calls):\n\n"
+            + table(["part: before → after", "ms before", "ms after", "speed-up"],
+                    [[label, a * 1e3, b * 1e3, a / b] for label, a, b in parts]) + note)
 
 
 TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio

@@ -73,6 +73,7 @@ def test_fused_adamw_updates_equal_plain_adamw():
     opt_a = adamw(a.parameters(), 1e-3, [0.9, 0.99], 0.01, fused=False)
     opt_b = adamw(b.parameters(), 1e-3, [0.9, 0.99], 0.01, fused=True)
     assert opt_b.defaults.get("fused") and not opt_a.defaults.get("fused")
+    assert adamw(copy.deepcopy(a).parameters(), 1e-3, [0.9, 0.99], 0.01, fused="auto").defaults.get("fused")  # CPU too
     for step in range(3):
         x = torch.randn(32, 2, generator=torch.Generator().manual_seed(step))
         for m, opt in ((a, opt_a), (b, opt_b)):
