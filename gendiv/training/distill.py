@@ -17,6 +17,7 @@ from ..condition import Condition
 from ..guidance import ClassifierFreeGuidance
 from ..models import DiscriminatorHead, OneStepGenerator, denoiser_from_pipeline_folder
 from ..models.latent_text import is_text_pipeline_folder, latent_text_teacher_from_folder
+from ..models.teachers import load_teacher
 from ..objectives.distill import DistillBatch, MethodSetup, NetworkFactory, method_class
 from ..pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline
 from ..plotting import image_grid, scatter_plot
@@ -162,39 +163,6 @@ class DistillConfig:
 
     def __post_init__(self):
         method_from_config(self.method)  # validated when the config is loaded, before any work
-
-
-def load_teacher(spec: str):
-    """(teacher denoiser, default real-data source string, LatentTextTeacher or None) from ``analytic:<toy>``,
-    ``pipeline:<dir>`` or ``<dir>``.
-
-    A folder may hold a gendiv ``GenDivPipeline``, a stock diffusers pipeline with a UNet and its scheduler
-    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config, or a latent
-    text-conditioned one (``StableDiffusionPipeline``-shaped: the denoiser works on its latents, prompts condition it).
-    """
-    if spec == "none":
-        return None, "", None
-    kind, _, arg = spec.partition(":")
-    if kind == "analytic":
-        return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}", None
-    if kind != "pipeline" and Path(spec).is_dir():
-        kind, arg = "pipeline", spec
-    if kind == "pipeline":
-        path = Path(arg)
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"teacher pipeline not found: {path} has no model_index.json (neither a diffusers nor a "
-                             "gendiv pipeline folder)")
-        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name")
-        if class_name == "OneStepPipeline":
-            raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
-                             "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
-        if class_name == "GenDivPipeline":
-            return GenDivPipeline.from_pretrained(str(path)).denoiser, "", None
-        if is_text_pipeline_folder(path):
-            text = latent_text_teacher_from_folder(path)
-            return text.denoiser, "", text
-        return denoiser_from_pipeline_folder(path), "", None
-    raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
 
 
 class _Factory(NetworkFactory):

@@ -1,0 +1,59 @@
+"""Teachers from a source string: the one reader of a teacher folder's ``model_index.json``.
+
+``analytic:<toy>`` is a closed-form toy denoiser; ``pipeline:<dir>`` (or a bare ``<dir>``) is a saved gendiv
+``GenDivPipeline`` or a stock diffusers pipeline folder, dispatched on the ``_class_name`` and components that its
+``model_index.json`` lists.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_model_index(path) -> dict:
+    """The folder's ``model_index.json`` as a dict; a clear error when there is none."""
+    index = Path(path) / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"teacher pipeline not found: {path} has no model_index.json (neither a diffusers nor a "
+                         "gendiv pipeline folder)")
+    return json.loads(index.read_text())
+
+
+def load_teacher(spec: str):
+    """(teacher denoiser, default real-data source string, LatentTextTeacher or None) from ``analytic:<toy>``,
+    ``pipeline:<dir>`` or ``<dir>``.
+
+    A folder may hold a gendiv ``GenDivPipeline``, a stock diffusers pipeline with a UNet and its scheduler
+    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config, or a latent
+    text-conditioned one (``StableDiffusionPipeline``-shaped: the denoiser works on its latents, prompts condition it).
+    """
+    if spec == "none":
+        return None, "", None
+    kind, _, arg = spec.partition(":")
+    if kind == "analytic":
+        from ..toy import AnalyticDenoiser, get_distribution
+
+        return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}", None
+    if kind != "pipeline" and Path(spec).is_dir():
+        kind, arg = "pipeline", spec
+    if kind == "pipeline":
+        return _teacher_from_folder(Path(arg))
+    raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
+
+
+def _teacher_from_folder(path: Path):
+    from .from_diffusers import denoiser_from_pipeline_folder
+    from .latent_text import is_text_pipeline_folder, latent_text_teacher_from_folder
+
+    class_name = read_model_index(path).get("_class_name")
+    if class_name == "OneStepPipeline":
+        raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
+                         "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
+    if class_name == "GenDivPipeline":
+        from ..pipelines import GenDivPipeline
+
+        return GenDivPipeline.from_pretrained(str(path)).denoiser, "", None
+    if is_text_pipeline_folder(path):
+        text = latent_text_teacher_from_folder(path)
+        return text.denoiser, "", text
+    return denoiser_from_pipeline_folder(path), "", None
