@@ -148,7 +148,26 @@ class DenoiserMixin:
             x_t = (1 - t) * x
             raw, feats = self._network(x_t.to(self.dtype), t.flatten() * 1000, cond, return_features)
             denoised = x0_from_prediction(raw.float(), x_t, 1 - t, t, "flow")
+        denoised = clip_x0(denoised, getattr(self.config, "x0_clip", None))
         return (denoised, feats) if return_features else denoised
+
+
+def clip_x0(x0: torch.Tensor, setting: dict | None) -> torch.Tensor:
+    """x̂₀ clipped as the folder's diffusers scheduler clips its ``pred_original_sample``: dynamic thresholding
+    (Imagen, Saharia et al. 2022 §2.3: s = clamp(quantile_p |x̂₀|, 1, max), x̂₀ ← clamp(x̂₀, −s, s)/s, per sample), else
+    ``clip_sample`` to [−r, r]. The value is clipped; the gradient passes straight through, so trained copies of a
+    clipping teacher (student, fake score) keep learning at saturated pixels."""
+    if not setting:
+        return x0
+    if setting.get("thresholding"):
+        flat = x0.reshape(x0.shape[0], -1).abs()
+        s = torch.quantile(flat, setting["dynamic_thresholding_ratio"], dim=1)
+        s = append_dims(s.clamp(min=1, max=setting["sample_max_value"]), x0.ndim)
+        clipped = torch.maximum(torch.minimum(x0, s), -s) / s
+    else:
+        r = setting["clip_sample_range"]
+        clipped = x0.clamp(-r, r)
+    return x0 + (clipped - x0).detach()
 
 
 def _vp_alphas_cumprod(vp_schedule: dict | None) -> torch.Tensor:
@@ -180,13 +199,16 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         text_embeds_shape: ``[tokens, width]`` of the prompt embeddings a text-conditioned UNet2DConditionModel reads as
             ``encoder_hidden_states`` (Stable Diffusion 1.5: ``[77, 768]``); the null prompt's embedding (of ``""``) is
             the buffer ``null_text_embeds``, used where ``Condition.drop`` is set: CFG's negative pass.
+        x0_clip: the folder scheduler's x̂₀ clipping (``clip_sample_range`` or ``thresholding`` settings, see
+            :func:`clip_x0`); None: no clipping.
     """
 
     @register_to_config
     def __init__(self, unet_class: str = "UNet2DModel", unet_config: dict | None = None, parameterization: str = "edm",
                  prediction_type: str = "epsilon", sigma_data: float = SIGMA_DATA, num_classes: int | None = None,
                  scalar_names: list | None = None, c_noise_scale: float = 250.0, vp_schedule: dict | None = None,
-                 data_shift: float = 0.0, data_scale: float = 1.0, text_embeds_shape: list | None = None):
+                 data_shift: float = 0.0, data_scale: float = 1.0, text_embeds_shape: list | None = None,
+                 x0_clip: dict | None = None):
         super().__init__()
         self._check_parameterization(parameterization, prediction_type)
         if unet_class not in UNET_CLASSES:

@@ -22,8 +22,19 @@ FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 VP_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "rescale_betas_zero_snr")
 
 
+def x0_clip_from_scheduler(cfg) -> dict | None:
+    """The scheduler's clipping of ``pred_original_sample`` (DDPM, DDIM, LCM: ``clip_sample``; DDPM, DDIM, DPM-Solver,
+    UniPC, DEIS: ``thresholding``, which wins over ``clip_sample`` as in their ``step``), for ``clip_x0``."""
+    if cfg.get("thresholding"):
+        return {"thresholding": True, "dynamic_thresholding_ratio": float(cfg.dynamic_thresholding_ratio),
+                "sample_max_value": float(cfg.sample_max_value)}
+    if cfg.get("clip_sample"):
+        return {"clip_sample_range": float(cfg.get("clip_sample_range", 1.0))}
+    return None
+
+
 def denoiser_kwargs_from_scheduler(scheduler, where: str = "the scheduler") -> dict:
-    """UNetDenoiser keyword arguments (parameterization, prediction type, schedule) for a diffusers scheduler."""
+    """Denoiser keyword arguments (parameterization, prediction type, schedule, x̂₀ clipping) for a scheduler."""
     name, cfg = type(scheduler).__name__, scheduler.config
     pred = cfg.get("prediction_type", "epsilon")
     if name in EDM_SCHEDULERS:
@@ -43,38 +54,78 @@ def denoiser_kwargs_from_scheduler(scheduler, where: str = "the scheduler") -> d
             raise ValueError(f"{where}: {name} with rescale_betas_zero_snr=True (σ_T = ∞) has no finite EDM σ_max; "
                              "not supported")
         schedule.pop("rescale_betas_zero_snr", None)
-        return {"parameterization": "vp", "prediction_type": pred, "vp_schedule": schedule}
+        return {"parameterization": "vp", "prediction_type": pred, "vp_schedule": schedule,
+                "x0_clip": x0_clip_from_scheduler(cfg)}
     raise ValueError(f"{where}: unsupported scheduler {name}; gendiv wraps beta-schedule (DDPM-family), EDM and "
                      "flow-matching schedulers")
 
 
-def denoiser_from_unet_and_scheduler(unet, scheduler, num_classes: int | None = None, where: str = "") -> UNetDenoiser:
+def denoiser_from_unet_and_scheduler(unet, scheduler, num_classes: int | None = None, where: str = "",
+                                     null_class: int | None = None) -> UNetDenoiser:
     """A stock diffusers UNet with its scheduler as a gendiv denoiser (weights copied).
 
-    A class-conditional UNet2DModel (``num_class_embeds`` = n) is read as n − 1 classes plus gendiv's null class at
-    index n − 1 unless ``num_classes`` says otherwise.
+    A class-conditional UNet2DModel (``num_class_embeds`` = n) has no standard null class, so it must be told which
+    embedding row is the unconditional one: ``null_class`` = k (gendiv's own convention is k = n − 1), or
+    ``num_classes`` = n − 1 (the same as k = n − 1). With k < n − 1 the rows are reordered so that the null comes last,
+    and the folder's labels above k are gendiv's labels plus one (n − 1 real classes, numbered without k).
     """
     where = where or type(unet).__name__
     if type(unet).__name__ not in UNET_CLASSES:
         raise ValueError(f"{where}: the denoising network is a {type(unet).__name__}; gendiv wraps "
                          f"{sorted(UNET_CLASSES)}")
+    _refuse_learned_variance(unet, scheduler, where)
     embeds = unet.config.get("num_class_embeds")
-    if num_classes is None and embeds:
+    if embeds and num_classes is None:
+        if null_class is None:
+            raise ValueError(f"{where}: the UNet has num_class_embeds={embeds} but no stated null class; give "
+                             f"null_class=<index in 0..{embeds - 1}> (teacher.null_class; {embeds - 1} if the last "
+                             "embedding is the unconditional one, as in gendiv-trained teachers)")
+        if not 0 <= null_class < embeds:
+            raise ValueError(f"{where}: null_class={null_class} is outside the UNet's {embeds} class embeddings")
         num_classes = embeds - 1
+        if null_class != embeds - 1:
+            unet = _null_class_last(unet, null_class)
+    elif null_class is not None and null_class != num_classes:
+        raise ValueError(f"{where}: null_class={null_class} given for a UNet with num_class_embeds={embeds}")
     return UNetDenoiser.from_unet(unet, num_classes=num_classes, **denoiser_kwargs_from_scheduler(scheduler, where))
+
+
+def _refuse_learned_variance(unet, scheduler, where: str):
+    variance = scheduler.config.get("variance_type")
+    out_channels = unet.config.get("out_channels") or unet.config.in_channels
+    if variance in ("learned", "learned_range") or out_channels == 2 * unet.config.in_channels:
+        raise ValueError(f"{where}: a learned-variance DDPM (scheduler variance_type={variance!r}, UNet out_channels="
+                         f"{out_channels} for {unet.config.in_channels} input channels): its sampler draws with the "
+                         "network's predicted variance, which gendiv's samplers and distillation do not model; refused")
+
+
+def _null_class_last(unet, null_class: int):
+    """A copy of ``unet`` whose class-embedding rows are reordered so that row ``null_class`` comes last."""
+    import copy
+
+    unet = copy.deepcopy(unet)
+    weight = unet.class_embedding.weight.data
+    order = [i for i in range(weight.shape[0]) if i != null_class] + [null_class]
+    unet.class_embedding.weight.data = weight[order].clone()
+    return unet
 
 
 def is_diffusers_pipeline_folder(path) -> bool:
     index = Path(path) / "model_index.json"
     if not index.is_file():
         return False
-    from ..pipelines.loading import GENDIV_PIPELINES
+    from ..pipelines.loading import GENDIV_PIPELINES, read_class_name
 
-    return json.loads(index.read_text()).get("_class_name", "") not in GENDIV_PIPELINES
+    return read_class_name(path) not in GENDIV_PIPELINES
 
 
-def denoiser_from_pipeline_folder(path) -> UNetDenoiser:
-    """A saved diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, any with ``unet`` + ``scheduler``)."""
+PIXEL_COMPONENTS = ("unet", "scheduler")
+
+
+def denoiser_from_pipeline_folder(path, null_class: int | None = None) -> UNetDenoiser:
+    """A saved pixel-space diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, any with only ``unet`` +
+    ``scheduler``). Latent, text-conditioned and transformer folders are read by ``gendiv.models.teachers``; folders
+    whose denoiser gendiv cannot reproduce are refused naming the component and the reason."""
     import diffusers
 
     path = Path(path)
@@ -83,18 +134,22 @@ def denoiser_from_pipeline_folder(path) -> UNetDenoiser:
         raise ValueError(f"{path} is neither a diffusers nor a gendiv pipeline folder (no model_index.json)")
     index = json.loads(index_file.read_text())
     kind = index.get("_class_name", "?")
+    if "vqvae" in index:
+        raise ValueError(f"{path}: {kind} has a vqvae component (a VQ-VAE latent diffusion model): its UNet works on "
+                         "the VQ-VAE's latents, which gendiv does not model; refused rather than sampled as pixels")
     if "vae" in index or "text_encoder" in index:
         raise ValueError(f"{path}: {kind} is a latent/text-conditioned pipeline (vae, text_encoder); load it with "
-                         "gendiv.models.latent_text_teacher_from_folder (distillation: teacher.source + teacher.prompts)")
-    missing = [c for c in ("unet", "scheduler") if c not in index]
+                         "gendiv.models.teachers.load_teacher (distillation: teacher.source + teacher.prompts)")
+    missing = [c for c in PIXEL_COMPONENTS if c not in index]
     if missing:
         raise ValueError(f"{path}: {kind} has no {' and no '.join(missing)} component; gendiv needs a pipeline with a "
                          "UNet and its scheduler")
     components = {}
-    for name in ("unet", "scheduler"):
+    for name in PIXEL_COMPONENTS:
         library, class_name = index[name]
         cls = getattr(diffusers, class_name, None)
         if library != "diffusers" or cls is None:
             raise ValueError(f"{path}: component {name} is {library}.{class_name}, not a diffusers class gendiv can load")
         components[name] = cls.from_pretrained(path / name)
-    return denoiser_from_unet_and_scheduler(components["unet"], components["scheduler"], where=f"{path} ({kind})")
+    return denoiser_from_unet_and_scheduler(components["unet"], components["scheduler"], where=f"{path} ({kind})",
+                                            null_class=null_class)

@@ -19,13 +19,16 @@ def read_model_index(path) -> dict:
     return json.loads(index.read_text())
 
 
-def load_teacher(spec: str):
+def load_teacher(spec: str, null_class: int | None = None):
     """(teacher denoiser, default real-data source string, LatentTextTeacher or None) from ``analytic:<toy>``,
     ``pipeline:<dir>`` or ``<dir>``.
 
     A folder may hold a gendiv ``GenDivPipeline``, a stock diffusers pipeline with a UNet and its scheduler
-    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config, or a latent
-    text-conditioned one (``StableDiffusionPipeline``-shaped: the denoiser works on its latents, prompts condition it).
+    (``DDPMPipeline``, ``DDIMPipeline``, ...), whose parameterisation is read from the scheduler's config, a latent
+    text-conditioned one (``StableDiffusionPipeline``-shaped: the denoiser works on its latents, prompts condition it),
+    or one of the DiT, SDXL, SD3 and PixArt families (``pipeline_teachers.py``; the third element is a
+    ``PipelineTeacher`` for the text families, None for DiT). ``null_class``: the null class index of a
+    class-conditional ``UNet2DModel`` folder (``from_diffusers.denoiser_from_unet_and_scheduler``).
     """
     if spec == "none":
         return None, "", None
@@ -37,15 +40,17 @@ def load_teacher(spec: str):
     if kind != "pipeline" and Path(spec).is_dir():
         kind, arg = "pipeline", spec
     if kind == "pipeline":
-        return _teacher_from_folder(Path(arg))
+        return _teacher_from_folder(Path(arg), null_class)
     raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
 
 
-def _teacher_from_folder(path: Path):
+def _teacher_from_folder(path: Path, null_class: int | None):
     from .from_diffusers import denoiser_from_pipeline_folder
-    from .latent_text import is_text_pipeline_folder, latent_text_teacher_from_folder
+    from .latent_text import latent_text_teacher_from_folder
+    from .pipeline_teachers import PIPELINE_FAMILIES, pipeline_teacher_from_folder
 
-    class_name = read_model_index(path).get("_class_name")
+    index = read_model_index(path)
+    class_name = index.get("_class_name")
     if class_name == "OneStepPipeline":
         raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
                          "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
@@ -53,7 +58,14 @@ def _teacher_from_folder(path: Path):
         from ..pipelines import GenDivPipeline
 
         return GenDivPipeline.from_pretrained(str(path)).denoiser, "", None
-    if is_text_pipeline_folder(path):
+    if class_name in PIPELINE_FAMILIES:
+        teacher = pipeline_teacher_from_folder(path, index)
+        return teacher.denoiser, "", (None if teacher.family == "dit" else teacher)
+    if "transformer" in index:
+        library, network = index["transformer"]
+        raise ValueError(f"{path}: {class_name} has a transformer component {library}.{network}, whose call gendiv does "
+                         f"not know; gendiv reads the transformers of {', '.join(sorted(PIPELINE_FAMILIES))}")
+    if "text_encoder" in index:
         text = latent_text_teacher_from_folder(path)
         return text.denoiser, "", text
-    return denoiser_from_pipeline_folder(path), "", None
+    return denoiser_from_pipeline_folder(path, null_class), "", None
