@@ -1,17 +1,40 @@
 """How a pipeline call turns ``guidance_scale`` / ``guider`` into the denoiser it calls each step."""
 from __future__ import annotations
 
+import torch
 from diffusers.guiders.guider_utils import BaseGuidance
 
 from ..condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
-from .base import Guidance, check_scale
-from .cfg import ClassifierFreeGuidance
-from .diffusers_guiders import DiffusersGuidance
-from .interval import IntervalGuidance
+from .base import GuidedDenoiser, check_scale
+from .cfg import ClassifierFreeGuidedDenoiser
+from .diffusers_guiders import DiffusersGuidedDenoiser, SigmaIntervalGuider
+from .interval import SigmaIntervalGuidedDenoiser
 
 
-def resolve_guider(denoiser, guidance_scale, guider, labels, batch: int, device, sigma_range: tuple[float, float]):
-    """(the denoiser to call, the condition to call it with).
+def schedule_sigmas(scheduler) -> torch.Tensor:
+    """The σ of each step, read from the scheduler's own ``sigmas`` (never rebuilt from timesteps), after
+    ``set_timesteps``: one per timestep (EDM schedulers append a final 0 that no step evaluates)."""
+    if getattr(scheduler, "sigmas", None) is None or getattr(scheduler, "timesteps", None) is None:
+        raise ValueError("call scheduler.set_timesteps(...) before resolving the guider (its σ values are needed)")
+    return scheduler.sigmas[: len(scheduler.timesteps)]
+
+
+def check_guider_schedule(guider, scheduler):
+    """Every window must meet the pipeline's σ schedule, and a diffusers σ guider must read that schedule's σ."""
+    sigmas = schedule_sigmas(scheduler)
+    for module in guider.modules() if isinstance(guider, torch.nn.Module) else [guider]:
+        if isinstance(module, SigmaIntervalGuidedDenoiser):
+            module.check_schedule(sigmas)
+        if isinstance(module, DiffusersGuidedDenoiser) and isinstance(module.guider, SigmaIntervalGuider):
+            module.guider.check_schedule(scheduler.timesteps, sigmas)
+        if getattr(module, "recurrence", 1) > 1:
+            raise ValueError(f"{type(module).__name__}(recurrence={module.recurrence}) re-noises and repeats each step "
+                             "(time travel), which a scheduler's step cannot do; sample it with "
+                             "gendiv.guidance.sample_time_travel, or use recurrence=1 in a pipeline")
+
+
+def resolve_guider(denoiser, guidance_scale, guider, labels, batch: int, device, scheduler):
+    """(the denoiser to call, the condition to call it with); ``scheduler`` has its timesteps set.
 
     A guidance-free model (scalar condition ``guidance``) takes the scale as its input: one pass per step, no guider.
     Otherwise ``guider`` (gendiv or diffusers) or CFG at ``guidance_scale`` (1 = the plain model).
@@ -28,13 +51,12 @@ def resolve_guider(denoiser, guidance_scale, guider, labels, batch: int, device,
         if s != 1.0:
             raise ValueError(f"give either guidance_scale ({s}) or a guider, not both: a guider carries its own scale")
         if isinstance(guider, BaseGuidance):
-            guider = DiffusersGuidance(denoiser, guider)
-        elif not isinstance(guider, (Guidance, IntervalGuidance)):
+            guider = DiffusersGuidedDenoiser(denoiser, guider)
+        elif not isinstance(guider, GuidedDenoiser):
             raise ValueError(f"guider must be a gendiv guider (gendiv.guidance) or a diffusers guider "
                              f"(diffusers.guiders), got {type(guider).__name__}")
-        if isinstance(guider, IntervalGuidance):
-            guider.check_schedule(*sigma_range)
+        check_guider_schedule(guider, scheduler)
         return guider, cond
     if s == 1.0:
         return denoiser, cond
-    return ClassifierFreeGuidance(denoiser, s), cond
+    return ClassifierFreeGuidedDenoiser(denoiser, s), cond

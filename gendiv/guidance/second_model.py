@@ -1,18 +1,20 @@
 """Guidance by a second model (methods.md §5).
 
 Autoguidance (Karras et al. 2024): D_w = D_bad + w·(D − D_bad), with D_bad a smaller or less-trained model of the same
-conditioning; it needs no null class and works for unconditional models. Unconditional-prior guidance: CFG whose
-unconditional prediction comes from another (e.g. base) model, D_u = D_prior(x | ∅).
+conditioning; it needs no null class and works for unconditional models. (diffusers' ``AutoGuidance`` guider is a
+different method of the same name: it skips layers of the one network.) Unconditional-prior guidance (Phunyaphibarn
+et al. 2025): CFG whose unconditional prediction comes from another (e.g. base) model, D_u = D_prior(x | ∅); only the
+prior's null output is used, so a conditional prior with fewer classes than the fine-tuned model works (the paper's
+setting: a fine-tuned DiT guided by its ImageNet base).
 """
 from __future__ import annotations
 
 from torch import nn
 
-from ..condition import Condition
-from .base import Guidance, require_labels
+from .base import GuidedDenoiser, null_condition, require_labels
 
 
-class AutoGuidance(Guidance):
+class AutoGuidedDenoiser(GuidedDenoiser):
     def __init__(self, denoiser: nn.Module, weak_denoiser: nn.Module, guidance_scale: float = 1.0,
                  guidance_rescale: float = 0.0):
         super().__init__(denoiser, guidance_scale, guidance_rescale)
@@ -25,7 +27,7 @@ class AutoGuidance(Guidance):
         return self.weak_denoiser(x, sigma, cond)
 
 
-class UnconditionalPriorGuidance(Guidance):
+class UnconditionalPriorGuidedDenoiser(GuidedDenoiser):
     def __init__(self, denoiser: nn.Module, prior_denoiser: nn.Module, guidance_scale: float = 1.0,
                  guidance_rescale: float = 0.0):
         super().__init__(denoiser, guidance_scale, guidance_rescale)
@@ -33,7 +35,7 @@ class UnconditionalPriorGuidance(Guidance):
 
     def negative(self, x, sigma, cond):
         require_labels(self, cond, "unconditional-prior guidance")
-        prior_cond = None
-        if self.prior_denoiser.config.get("num_classes") is not None:  # a conditional prior: its null class
-            prior_cond = Condition(class_labels=cond.class_labels, scalars=dict(cond.scalars)).with_null()
-        return self.prior_denoiser(x, sigma, prior_cond)
+        if self.prior_denoiser.config.get("num_classes") is None:
+            return self.prior_denoiser(x, sigma, None)
+        names = self.prior_denoiser.config.get("scalar_names") or ()
+        return self.prior_denoiser(x, sigma, null_condition(cond, x.shape[0], x.device, names))  # its null class only

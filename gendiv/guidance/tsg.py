@@ -8,10 +8,12 @@ from __future__ import annotations
 import torch
 
 from ..space import append_dims
-from .base import Guidance
+from .base import GuidedDenoiser
 
 
-class TimestepGuidance(Guidance):
+class TimestepGuidedDenoiser(GuidedDenoiser):
+    config_fields = ("guidance_scale", "guidance_rescale", "noise_scale", "alpha", "seed")
+
     def __init__(self, denoiser, guidance_scale: float = 1.0, guidance_rescale: float = 0.0, noise_scale: float = 1.0,
                  alpha: float = 1.0, seed: int = 0):
         super().__init__(denoiser, guidance_scale, guidance_rescale)
@@ -20,8 +22,8 @@ class TimestepGuidance(Guidance):
         if self.embedding is None:
             raise ValueError(f"time-step guidance perturbs a time-step embedding, but {type(denoiser).__name__} has no "
                              "time-embedding hook point (needs a diffusers UNet with .time_embedding)")
-        self.noise_scale, self.alpha = float(noise_scale), float(alpha)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.noise_scale, self.alpha, self.seed = float(noise_scale), float(alpha), int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
 
     def negative(self, x, sigma, cond):
         t = sigma / (1 + sigma)

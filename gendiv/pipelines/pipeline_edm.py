@@ -72,13 +72,12 @@ class GenDivPipeline(DiffusionPipeline):
         device = self._execution_device
         shape = sample_shape(self.denoiser, batch_size)
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
-        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device,
-                                        (self.scheduler.config.sigma_min, self.scheduler.config.sigma_max))
         x = initial_noise(shape, generator, device, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device, self.scheduler)
         x = x * self.scheduler.sigmas[0].to(device)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sigma = torch.exp(4 * t.float())  # EDM schedulers' timesteps are c_noise = ln(σ)/4
+            sigma = self.scheduler.sigmas[i].to(device)  # the scheduler's own σ, not rebuilt from c_noise = ln(σ)/4
             self.scheduler.scale_model_input(x, t)  # keeps the scheduler's bookkeeping; D does its own c_in
             if hasattr(denoiser, "set_state"):  # a diffusers guider follows the loop
                 denoiser.set_state(i, len(self.scheduler.timesteps), t)

@@ -48,13 +48,12 @@ class ReflectedDiffusionPipeline(DiffusionPipeline):
         batch_size = check_batch_size(batch_size)
         device = self._execution_device
         labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator)
-        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device,
-                                        (self.scheduler.config.sigma_min, self.scheduler.config.sigma_max))
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        denoiser, cond = resolve_guider(self.denoiser, guidance_scale, guider, labels, batch_size, device, self.scheduler)
         x = self.scheduler.prior_sample(sample_shape(self.denoiser, batch_size), generator, device)
         corrector_steps = getattr(self.scheduler.config, "corrector_steps", 0)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            sigma = t.expand(batch_size)
+            sigma = self.scheduler.sigmas[i].to(device).expand(batch_size)  # the scheduler's own σ
             if hasattr(denoiser, "set_state"):
                 denoiser.set_state(i, len(self.scheduler.timesteps), t)
             for _ in range(corrector_steps if t != self.scheduler.timesteps[-1] else 0):
