@@ -17,10 +17,13 @@ class OneStepGenerator(ModelMixin, ConfigMixin):
     """Args:
         backbone_class: ``"UNetDenoiser"`` or ``"MLPDenoiser"``; backbone_config: its config.
         sigma_init: σ at which the backbone is evaluated; z ~ N(0, I) is scaled by it (80 for DMD2, 2.5 for SiD).
+        sampling_sigmas: a few-step student's σ grid, [σ_init, σ₁, …] (step k re-noises the last x̂₀ to σ_k and
+            denoises); None for a one-step student. ``FewStepPipeline`` reads it.
     """
 
     @register_to_config
-    def __init__(self, backbone_class: str = "MLPDenoiser", backbone_config: dict | None = None, sigma_init: float = 80.0):
+    def __init__(self, backbone_class: str = "MLPDenoiser", backbone_config: dict | None = None, sigma_init: float = 80.0,
+                 sampling_sigmas: list | None = None):
         super().__init__()
         self.backbone = build_denoiser(backbone_class, dict(backbone_config or {}))
 
@@ -38,5 +41,9 @@ class OneStepGenerator(ModelMixin, ConfigMixin):
     def num_classes(self):
         return self.backbone.config.num_classes
 
-    def forward(self, z: torch.Tensor, cond=None, return_features: bool = False):
+    def forward(self, z: torch.Tensor, cond=None, return_features: bool = False, sigma=None):
+        """G(z) = D_θ(σ_init·z, σ_init); with ``sigma`` the backbone at that σ on a noisy point instead,
+        D_θ(z, σ) (multi-step students, consistency functions), called through the same (DDP) wrapper."""
+        if sigma is not None:
+            return self.backbone(z, sigma, cond, return_features=return_features)
         return self.backbone(z * self.config.sigma_init, self.config.sigma_init, cond, return_features=return_features)
