@@ -145,7 +145,7 @@ class DenoiserMixin:
             denoised = x0_from_prediction(raw.float(), x_t, alpha_t, sigma_t, pred_type)
         else:  # flow
             t = flow_time_from_sigma(s)
-            x_t = (1 - t) * x
+            x_t = x / (1 + s)  # = (1 − t)·x, without 1 − t's cancellation as t → 1 (a one-step student's σ_init)
             raw, feats = self._network(x_t.to(self.dtype), t.flatten() * 1000, cond, return_features)
             denoised = x0_from_prediction(raw.float(), x_t, 1 - t, t, "flow")
         denoised = clip_x0(denoised, getattr(self.config, "x0_clip", None))
@@ -344,6 +344,8 @@ def sample_shape(denoiser, batch: int) -> tuple:
     cfg = denoiser.config
     if "dim" in cfg:
         return (batch, cfg.dim)
+    if hasattr(denoiser, "net"):  # PipelineDenoiser: a transformer's latent shape
+        return denoiser.sample_shape(batch)
     ucfg = denoiser.unet.config
     size = ucfg.sample_size if isinstance(ucfg.sample_size, (list, tuple)) else (ucfg.sample_size,) * 2
     return (batch, ucfg.in_channels, *size)
