@@ -98,8 +98,8 @@ def bench_kernel(args) -> str:
     difference) eager vs one compiled region vs one C++ function (CPU) / two Triton kernels (CUDA); all against the
     one-pass floor measured in the same run (``torch.addcmul`` over the same three tensors)."""
     from gendiv.kernels import native_cpu, triton_available, weighted_difference
-    from gendiv.objectives import FDistill
-    from gendiv.objectives.distill import StepContext
+    from gendiv.distill import FDistill
+    from gendiv.distill import StepContext
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -167,7 +167,8 @@ def _autocast(precision: str):
 
 def _gendiv_step(net, precision: str, reuse: bool):
     """gendiv's DMD step as the trainer runs it: score_difference_step, the method's loss, denoising_loss."""
-    from gendiv.objectives import DMD, denoising_loss, score_difference_step
+    from gendiv.distill import DMD, score_difference_step
+    from gendiv.objectives import denoising_loss
     from gendiv.space import sample_sigma
 
     teacher, fake, gen, bs, opt_g, opt_f, z = net
@@ -177,7 +178,7 @@ def _gendiv_step(net, precision: str, reuse: bool):
     with _autocast(precision):
         x = gen(z).float()
         ctx = score_difference_step(x, teacher, fake, sigma)
-        loss, _ = method.generator_loss(ctx)
+        loss, _ = method.loss_from_context(ctx)
     loss.backward()
     opt_g.step()
     opt_g.zero_grad(set_to_none=True)
@@ -469,8 +470,8 @@ def bench_toy_methods(args) -> str:
 def bench_score_identity_step(args) -> str:
     """A generator step of SiD and Uni-Instruct (input gradients through teacher and fake) against a DMD step on the
     same tiny UNet, and SiD's fused closed-form backward against plain autograd."""
-    from gendiv.objectives import DMD, SiD, UniInstruct, score_difference_step
-    from gendiv.objectives.distill import EncoderDiscriminator
+    from gendiv.distill import DMD, SiD, UniInstruct, score_difference_step
+    from gendiv.distill import EncoderDiscriminator
     from gendiv.space import sample_sigma
 
     teacher, fake, gen, bs = _tiny_image_setup()
@@ -485,7 +486,7 @@ def bench_score_identity_step(args) -> str:
             x = gen(z)
             ctx = score_difference_step(x, teacher, fake, sigma, discriminator=disc if with_logits else None,
                                         input_grad=input_grad)
-            loss, _ = method.generator_loss(ctx)
+            loss, _ = method.loss_from_context(ctx)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -494,7 +495,7 @@ def bench_score_identity_step(args) -> str:
     cases = [("DMD (no input gradients)", DMD(kernel_backend="eager"), False, False),
              ("SiD α = 1.2, fused closed-form backward", SiD(fused_backward=True), True, False),
              ("SiD α = 1.2, plain autograd", SiD(fused_backward=False), True, False),
-             ("Uni-Instruct (forward KL), fused", UniInstruct(divergence="forward_kl", sigma_bins=0), True, True)]
+             ("Uni-Instruct (forward KL), fused", UniInstruct(divergence="forward_kl", ratio={"sigma_bins": 0}), True, True)]
     times = [timed(step(m, ig, lg), repeats=args.repeats, warmup=2) for _, m, ig, lg in cases]
     rows = [[name, t * 1e3, t / times[0]] for (name, *_), t in zip(cases, times)]
     return (f"Generator step (forward G, teacher + fake at x_σ, loss, backward, Adam) on a tiny UNet 32/64/64, batch {bs}, "

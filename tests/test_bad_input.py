@@ -64,7 +64,7 @@ CLI_CASES = [
     ("unknown method key", DISTILL + ["method.nmae=dmd"], r"unknown config key 'nmae' in method"),
     ("fake updates 0", DISTILL + ["method.fake_updates_per_generator_update=0"],
      r"method\.fake_updates_per_generator_update must be a positive integer"),
-    ("ratio range", DISTILL + ["method.ratio_min=5", "method.ratio_max=1"], r"method\.ratio_min/ratio_max"),
+    ("ratio range", DISTILL + ["method.ratio.ratio_min=5", "method.ratio.ratio_max=1"], r"method\.ratio: need 0 ≤ ratio_min < ratio_max"),
     ("unknown divergence", DISTILL + ["method.divergence=jensen"], r"method\.divergence: unknown divergence 'jensen'"),
     ("sid alpha", DISTILL + ["method={name: sid, alpha: 0}"], r"method\.alpha must be > 0"),
     ("sigma kind", DISTILL + ["sigma_generator.kind=weird"], r"sigma kind must be auto or one of"),

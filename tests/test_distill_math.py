@@ -10,7 +10,7 @@ import torch
 
 from gendiv.kernels import SigmaBinNormalizer, batch_normalized, density_ratio, weighted_difference
 from gendiv.models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, discriminator_loss
-from gendiv.objectives import (DIVERGENCES, DMD, FDistill, StepContext, get_divergence, h_from_f, score_difference_step,
+from gendiv.distill import (DIVERGENCES, DMD, FDistill, StepContext, get_divergence, h_from_f, score_difference_step,
                                surrogate_loss)
 
 ALL_DIVERGENCES = list(DIVERGENCES) + ["alpha:0.5", "alpha:2", "alpha:-1"]
@@ -63,7 +63,7 @@ def test_f_distill_gradient_equals_finite_difference_of_the_divergence(name):
     d_teacher = x_sigma - sigma**2 * x_sigma / var_p          # x + σ² s_p
     d_fake = x_sigma - sigma**2 * (x_sigma - mu) / var_q      # x + σ² s_q
     log_r = _gauss_logpdf(x_sigma, 0.0, var_p) - _gauss_logpdf(x_sigma, mu, var_q)
-    method = FDistill(divergence=name, logit_clamp=60.0, ratio_min=0.0, ratio_max=math.inf, sigma_bins=0,
+    method = FDistill(divergence=name, ratio=dict(logit_clamp=60.0, ratio_min=0.0, ratio_max=math.inf, sigma_bins=0),
                       normalize_weights=False)
     method.normalize_by_teacher_residual = False
     ctx = StepContext(x=x, sigma=torch.full((len(x),), sigma, dtype=torch.float64), x_sigma=x_sigma, cond=None,
@@ -96,7 +96,7 @@ def test_surrogate_puts_g_over_numel_on_x_and_nothing_on_frozen_networks():
     x = gen(torch.randn(8, 2))
     x.retain_grad()
     ctx = score_difference_step(x, teacher, fake, torch.rand(8) + 0.1)
-    loss, _ = DMD().generator_loss(ctx)
+    loss, _ = DMD().loss_from_context(ctx)
     loss.backward()
     g = DMD().pseudo_gradient(ctx)
     torch.testing.assert_close(x.grad, g / x.numel())
@@ -125,7 +125,7 @@ def test_f_distill_without_discriminator_is_an_error():
     ctx = StepContext(x=torch.zeros(2, 2), sigma=torch.ones(2), x_sigma=torch.zeros(2, 2), cond=None,
                       d_teacher=torch.zeros(2, 2), d_fake=torch.zeros(2, 2), logits=None)
     with pytest.raises(ValueError, match="discriminator supplies the density ratio"):
-        FDistill().generator_loss(ctx)
+        FDistill().loss_from_context(ctx)
 
 
 def test_discriminator_recovers_log_ratio_of_two_gaussians():

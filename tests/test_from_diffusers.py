@@ -86,7 +86,7 @@ def test_ddpm_pipeline_folder_samples_and_distils_data_free(tmp_path):
     assert (tmp_path / "s.npz").is_file()
     # DMD needs no real data: the teacher's folder is all it takes
     main(["distill", f"teacher.source=pipeline:{folder}", "method.name=dmd", f"run.output_dir={tmp_path / 'run'}",
-          "run.steps=2", "run.progress=false", "run.batch_size=4", "optim.fake_warmup_steps=0"])
+          "run.steps=2", "run.progress=false", "run.batch_size=4", "method.fake_warmup_steps=0"])
     from gendiv import OneStepPipeline
 
     student = OneStepPipeline.from_pretrained(str(tmp_path / "run" / "pipeline"))

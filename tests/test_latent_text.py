@@ -101,7 +101,7 @@ def test_text_denoiser_refuses_bad_conditions(sd_folder):
 def _cfg(folder, out, *extra):
     return load_config(DistillConfig, None, [f"teacher.source={folder}", f"teacher.prompts={json.dumps(PROMPTS)}",
                                              "method.name=dmd", "run.steps=3", "run.batch_size=2", f"run.output_dir={out}",
-                                             "optim.fake_warmup_steps=1", "run.progress=false", *extra])
+                                             "method.fake_warmup_steps=1", "run.progress=false", *extra])
 
 
 def test_text_teacher_distils_and_student_pipeline_loads_in_fresh_process(sd_folder, tmp_path):
@@ -109,7 +109,7 @@ def test_text_teacher_distils_and_student_pipeline_loads_in_fresh_process(sd_fol
     distill(_cfg(sd_folder, out, "teacher.guidance_scale=2.0"))
     assert (out / "samples_final.png").is_file()
     index = json.loads((out / "pipeline" / "model_index.json").read_text())
-    assert index["_class_name"] == "OneStepTextToImagePipeline" and index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert index["_class_name"] == ["gendiv_pipeline", "OneStepTextToImagePipeline"] and index["tokenizer"] == ["transformers", "CLIPTokenizer"]
     code = f"""
 import torch, gendiv
 pipe = gendiv.load_pipeline({str(out / 'pipeline')!r})

@@ -118,9 +118,10 @@ def test_sigma_stays_float64_in_analytic_denoisers_and_guidance():
 
 
 def test_dmd2_discriminator_weight_is_the_papers():
-    from gendiv.objectives.distill import DMD2Options, FDistillOptions
+    from gendiv.distill.dmd import DMD2Options
+    from gendiv.distill.f_distill import FDistillOptions
 
-    assert DMD2Options().gan_weight_disc == 1e-2 and FDistillOptions().gan_weight_disc == 1e-2  # methods.md §1
+    assert DMD2Options().gan.weight_disc == 1e-2 and FDistillOptions().gan.weight_disc == 1e-2  # docs/methods.md §1
 
 
 def test_gendiv_pipeline_hosts_an_analytic_denoiser():

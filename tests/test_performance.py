@@ -8,8 +8,8 @@ import torch
 from gendiv.kernels import native_cpu
 from gendiv.kernels.fused_weighting import fdistill_weighting
 from gendiv.models import MLPDenoiser, UNetDenoiser
-from gendiv.objectives import FDistill
-from gendiv.objectives.distill import StepContext
+from gendiv.distill import FDistill
+from gendiv.distill import StepContext
 from gendiv.training.performance import adamw, apply_memory_format, is_image_source, native_bf16, resolve_mixed_precision
 
 
@@ -21,7 +21,8 @@ def _context(batch=8, seed=0, shape=(3, 8, 8)):
 
 
 @pytest.mark.parametrize("divergence", ["jensen_shannon", "forward_kl", "reverse_kl", "alpha:0.5"])
-@pytest.mark.parametrize("options", [{}, {"sigma_bins": 0}, {"normalize_weights": False, "bin_ema": 0.9}])
+@pytest.mark.parametrize("options", [{}, {"ratio": {"sigma_bins": 0}},
+                                     {"normalize_weights": False, "ratio": {"bin_ema": 0.9}}])
 def test_fused_weighting_equals_the_eager_composition(divergence, options):
     """The pure fused function (what the compiled region traces) equals density_ratio → σ bins → h → batch mean →
     weighted difference, over several steps of bin state, to float32 round-off (rtol 1e-5)."""
@@ -34,7 +35,7 @@ def test_fused_weighting_equals_the_eager_composition(divergence, options):
         got, means, seen = fdistill_weighting(
             ctx.x, ctx.d_teacher, ctx.d_fake, ctx.logits, ctx.sigma, None if b is None else b.edges,
             None if b is None else b.means, None if b is None else b.seen, fused.divergence.h, use_bins=b is not None,
-            bin_ema=fused.options.bin_ema, normalize_weights=fused.options.normalize_weights)
+            bin_ema=fused.options.ratio.bin_ema, normalize_weights=fused.options.normalize_weights)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         if b is not None:
             b.means.copy_(means)
@@ -117,7 +118,7 @@ def test_precision_policy_and_bf16_losses_match_fp32(tiny_unet_config):
 
 
 def test_reusing_generator_samples_saves_a_generator_pass(tmp_path):
-    """With optim.reuse_generator_samples the fake-score update trains on the generator step's own samples (DMD2's
+    """With method.reuse_generator_samples the fake-score update trains on the generator step's own samples (DMD2's
     order): one generator forward per generator step instead of two; the run still trains and resumes."""
     from gendiv.training import DistillConfig, load_config
     from gendiv.training.distill import DistillTrainer
@@ -125,13 +126,13 @@ def test_reusing_generator_samples_saves_a_generator_pass(tmp_path):
     calls = {}
     for reuse in (False, True):
         cfg = load_config(DistillConfig, None, [f"run.output_dir={tmp_path / str(reuse)}", "run.steps=4", "run.progress=false",
-                                                "optim.fake_warmup_steps=0", "student.model.hidden=16",
+                                                "method.fake_warmup_steps=0", "student.model.hidden=16",
                                                 "student.model.depth=1", "run.batch_size=16",
-                                                f"optim.reuse_generator_samples={str(reuse).lower()}",
+                                                f"method.reuse_generator_samples={str(reuse).lower()}",
                                                 "method.fake_updates_per_generator_update=1"])
         trainer = DistillTrainer(cfg)
         count = [0]
-        trainer.accelerator.unwrap_model(trainer.generator).register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
+        trainer.unwrapped["generator"].register_forward_hook(lambda *a: count.__setitem__(0, count[0] + 1))
         for _ in range(4):
             metrics = trainer.train_step()
             trainer.step += 1
@@ -142,11 +143,12 @@ def test_reusing_generator_samples_saves_a_generator_pass(tmp_path):
 
 DIVERGENCES_ALL = ["jensen_shannon", "forward_kl", "reverse_kl", "alpha:0.5", "squared_hellinger", "softened_reverse_kl",
                    "jeffreys", "pearson_chi2"]
-OPTIONS = [{}, {"sigma_bins": 0}, {"normalize_weights": False, "bin_ema": 0.9}, {"bin_spacing": "log", "bin_ema": 0.5}]
+OPTIONS = [{}, {"ratio": {"sigma_bins": 0}}, {"normalize_weights": False, "ratio": {"bin_ema": 0.9}},
+           {"ratio": {"bin_spacing": "log", "bin_ema": 0.5}}]
 _NATIVE_CHECK = """
 import sys, torch
-from gendiv.objectives import FDistill
-from gendiv.objectives.distill import StepContext
+from gendiv.distill import FDistill
+from gendiv.distill import StepContext
 backend, divergences, options = sys.argv[1], {divergences!r}, {options!r}
 for div in divergences:
     for opts in options:
@@ -228,7 +230,7 @@ def faults_per_alloc():  # 8 MiB tensors, allocated, touched and freed in turn; 
 
 faults = faults_per_alloc()
 cfg = load_config(DistillConfig, None, [f"run.output_dir={out}", "run.steps=3", "run.progress=false",
-                                        "optim.fake_warmup_steps=0", "student.model.hidden=16", "student.model.depth=1",
+                                        "method.fake_warmup_steps=0", "student.model.hidden=16", "student.model.depth=1",
                                         "run.batch_size=16", "run.log_every=1", f"run.keep_freed_memory={sys.argv[1]}"])
 distill(cfg)
 print(json.dumps({"applied": applied, "faults": faults}))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gendiv.objectives import SiD, StepContext, UniInstruct, sid_per_sample
+from gendiv.distill import SiD, StepContext, UniInstruct, sid_per_sample
 from gendiv.training import ConfigError, DistillConfig, distill, load_config
 
 SIGMA = 0.6
@@ -49,8 +49,8 @@ def _engine_gradient(method, m0, s0, sigma=SIGMA, nodes=100):
 
 
 def _exact(divergence, **kw):
-    return UniInstruct(divergence=divergence, weighting="exact", sigma_bins=0, normalize_weights=False,
-                       logit_clamp=60.0, ratio_min=0.0, ratio_max=1e4, **kw)  # r stays in (0, 3) here: no clamping
+    return UniInstruct(divergence=divergence, weighting="exact", normalize_weights=False,
+                       ratio=dict(sigma_bins=0, logit_clamp=60.0, ratio_min=0.0, ratio_max=1e4), **kw)  # r stays in (0, 3) here: no clamping
 
 
 def _fd(h, m0, s0, eps=1e-4):
@@ -128,7 +128,7 @@ def test_non_finite_samples_are_masked_and_counted():
     a = x.detach() * 0.5
     a[1, 0] = float("nan")
     ctx = StepContext(x=x, sigma=torch.ones(4), x_sigma=x, cond=None, d_teacher=a, d_fake=torch.zeros(4, 2))
-    loss, metrics = SiD(alpha=1.2, weighting="none").generator_loss(ctx)
+    loss, metrics = SiD(alpha=1.2, weighting="none").loss_from_context(ctx)
     assert metrics["nonfinite_samples"] == 1 and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(x.grad).all() and (x.grad[1] == 0).all()
@@ -137,7 +137,7 @@ def test_non_finite_samples_are_masked_and_counted():
 # -------------------------------------------------------------------------------------------------
 # Through the trainer
 # -------------------------------------------------------------------------------------------------
-FAST = ["run.progress=false", "run.log_every=1", "run.batch_size=32", "optim.fake_warmup_steps=2", "eval.num_samples=100",
+FAST = ["run.progress=false", "run.log_every=1", "run.batch_size=32", "method.fake_warmup_steps=2", "eval.num_samples=100",
         "eval.teacher_steps=3", "student.model.hidden=32", "student.model.depth=1", "student.discriminator_hidden=16",
         "run.steps=8"]
 
@@ -170,7 +170,7 @@ def test_sid_uses_its_own_defaults(tmp_path):
     from gendiv.training import DistillTrainer
 
     trainer = DistillTrainer(_cfg(tmp_path, "method={name: sid}"))
-    assert trainer.ema_generator.config.sigma_init == 2.5 and trainer.fake_per_gen == 1
+    assert trainer.ema_generator.config.sigma_init == 2.5 and trainer.method.options.fake_updates_per_generator_update == 1
     sigma = trainer._sigma("generator", 4000)
     assert sigma.min() >= 0.002 - 1e-6 and 24.0 < sigma.max() < 24.6  # Karras grid over t ∈ [0, 0.8]
     assert trainer.nets.keys() == {"fake"}
@@ -179,7 +179,7 @@ def test_sid_uses_its_own_defaults(tmp_path):
 @pytest.mark.parametrize("override, pattern", [
     ("method={name: sid, alpha: 0}", r"method\.alpha must be > 0"),
     ("method={name: sid, alpha: -1.2}", r"method\.alpha must be > 0"),
-    ("method={name: uni_instruct, divergence: 'alpha:-200', ratio_min: 0}", r"method\.divergence .* not finite"),
+    ("method={name: uni_instruct, divergence: 'alpha:-200', ratio: {ratio_min: 0}}", r"method: divergence .* not finite"),
     ("method={name: uni_instruct, discriminator: none}", r"method\.discriminator"),
     ("method={name: uni_instruct, divergence_schedule: [[0, nonsense]]}", r"divergence_schedule\[0\].*unknown divergence"),
     ("method={name: sid, divergence: js}", r"unknown config key 'divergence' in method"),
@@ -202,7 +202,7 @@ def test_digits_recipes_run_end_to_end_from_a_trained_teacher(tmp_path):
     for name in ("sid", "uni_instruct"):
         cfg = load_config(DistillConfig, repo / "configs" / f"distill_{name}_digits.yaml", [
             f"run.output_dir={tmp_path / name}", "run.progress=false", f"teacher.source=pipeline:{tmp_path / 't' / 'pipeline'}",
-            "data.image_size=8", "run.batch_size=8", "run.steps=4", "optim.fake_warmup_steps=1", "eval.num_samples=8",
+            "data.image_size=8", "run.batch_size=8", "run.steps=4", "method.fake_warmup_steps=1", "eval.num_samples=8",
             "run.sample_every=0"])
         distill(cfg)
         pipe = OneStepPipeline.from_pretrained(str(tmp_path / name / "pipeline"))

@@ -10,9 +10,9 @@ import torch
 
 from gendiv import MLPDenoiser
 from gendiv.kernels import weighted_difference
-from gendiv.objectives import SMD, mixture_denoising_loss, sample_alpha, smt_pseudo_gradient
-from gendiv.objectives.distill import StepContext
-from gendiv.objectives.score_of_mixture import alpha_condition, mixture_weight
+from gendiv.distill import SMD, mixture_denoising_loss, sample_alpha, smt_pseudo_gradient
+from gendiv.distill import StepContext
+from gendiv.distill.score_of_mixture import alpha_condition, mixture_weight
 from gendiv.toy import GaussianMixture
 from gendiv.training import ConfigError, DistillConfig, distill, load_config
 
@@ -128,7 +128,7 @@ def test_adaptive_smt_step_and_smd_step_are_dmd_at_alpha_one():
                       logits=torch.randn(6, generator=g, dtype=torch.float64) * 3)
     x_req = x.clone().requires_grad_()
     ctx.x = x_req
-    loss, _ = SMD(kernel_backend="eager", gan_weight_gen=0.0).loss_from_context(ctx, torch.ones(6, dtype=torch.float64))
+    loss, _ = SMD(kernel_backend="eager", gan={"weight_gen": 0.0}).mixture_loss(ctx, torch.ones(6, dtype=torch.float64))
     loss.backward()
     torch.testing.assert_close(x_req.grad.double() * x.numel(), dmd, rtol=1e-5, atol=1e-6)  # surrogate in fp32
 
@@ -181,7 +181,7 @@ def test_trained_amortized_network_matches_the_exact_mixture_denoisers():
 
 
 # -------------------------------------------------------------------------------------------------
-FAST = ["run.progress=false", "run.log_every=1", "run.batch_size=32", "optim.fake_warmup_steps=2", "eval.num_samples=100",
+FAST = ["run.progress=false", "run.log_every=1", "run.batch_size=32", "method.fake_warmup_steps=2", "eval.num_samples=100",
         "eval.teacher_steps=3", "student.model.hidden=32", "student.model.depth=1", "student.discriminator_hidden=16",
         "run.steps=8", "method.fake_updates_per_generator_update=2"]
 
@@ -203,7 +203,7 @@ def test_smt_on_images_from_data_and_smd_from_a_trained_teacher(tmp_path):
     from gendiv.training import TrainConfig, train
 
     repo = Path(__file__).resolve().parents[1]
-    tiny = ["data.image_size=8", "run.batch_size=8", "run.steps=4", "optim.fake_warmup_steps=1", "eval.num_samples=8",
+    tiny = ["data.image_size=8", "run.batch_size=8", "run.steps=4", "method.fake_warmup_steps=1", "eval.num_samples=8",
             "run.sample_every=0"]
     distill(load_config(DistillConfig, repo / "configs" / "distill_smt_digits.yaml",
                         [f"run.output_dir={tmp_path / 'smt'}", "run.progress=false", "student.model.block_out_channels=[8,16]",

@@ -16,7 +16,7 @@ import shutil
 
 import torch
 
-# h(r) = f''(r)·r² of the closed-form divergences (objectives/divergences.py), by code; −1: a given weight
+# h(r) = f''(r)·r² of the closed-form divergences (distill/divergences.py), by code; −1: a given weight
 H_CODES = {"reverse_kl": 0, "softened_reverse_kl": 1, "jensen_shannon": 2, "squared_hellinger": 3, "forward_kl": 4,
            "jeffreys": 5, "pearson_chi2": 6, "alpha": 7}
 

@@ -1,32 +1,35 @@
-"""One-step distillation under accelerate: generator, fake score and discriminator with their own optimisers,
-a fake:generator update ratio (TTUR), EMA of the generator, checkpoints and exact resume.
+"""Distillation under accelerate: the student, whatever networks the method declares, one optimiser per named
+network, EMA of the student, checkpoints and exact resume.
 
-The method (gendiv.objectives.distill) decides the weighting; this trainer owns everything else.
+The method (``gendiv.distill``) decides which updates a step runs and the loss of each; this trainer runs them and
+owns everything else. It never branches on a method's name.
 """
 from __future__ import annotations
 
 import copy
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..condition import Condition
+from ..distill import STUDENT, MethodOptions, MethodSetup, NetworkFactory, SigmaSampler, StepDraws, method_class
+from ..distill.f_distill import FDistillOptions
+from ..distill.options import AutoSigma, LogNormalSigma
 from ..guidance import ClassifierFreeGuidance
-from ..models import DiscriminatorHead, OneStepGenerator, denoiser_from_pipeline_folder
-from ..models.latent_text import is_text_pipeline_folder, latent_text_teacher_from_folder
+from ..models import DiscriminatorHead, OneStepGenerator
+from ..models.latent_text import is_text_pipeline_folder
 from ..models.teachers import load_teacher
-from ..objectives.distill import DistillBatch, MethodSetup, NetworkFactory, method_class
-from ..pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline
+from ..pipelines import OneStepPipeline, OneStepTextToImagePipeline
 from ..plotting import image_grid, scatter_plot
 from ..sampling import sample
-from ..space import SIGMA_SAMPLERS, sample_sigma
-from ..toy import AnalyticDenoiser, exact_metrics, get_distribution
+from ..toy import AnalyticDenoiser, exact_metrics
 from ..models.denoiser import sample_shape, with_scalar_condition
 from .builders import DataConfig, ModelConfig, build_data, build_model
-from .config import ConfigError, _build, check, check_optimizer, to_dict
+from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import apply_memory_format, is_image_source, teacher_is_image_model
 from .data import TeacherSpaceSource, ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
@@ -62,48 +65,6 @@ class TeacherConfig:
 
 
 @dataclass
-class SigmaConfig:
-    kind: str = "karras_index"                 # auto (the method's default) | karras_index | lognormal | log_uniform
-    min_index: int = 20                        # karras_index: DMD2 uses [20, 980] of a 1000-point grid
-    max_index: int = 980
-    num_points: int = 1000
-    p_mean: float = -1.2                       # lognormal
-    p_std: float = 1.2
-
-    def __post_init__(self):
-        check(self.kind in ("auto", *SIGMA_SAMPLERS), f"sigma kind must be auto or one of {sorted(SIGMA_SAMPLERS)}, got {self.kind!r}")
-        check(self.num_points >= 2 and 0 <= self.min_index <= self.max_index < self.num_points,
-              f"sigma: need 0 ≤ min_index ≤ max_index < num_points, got {self.min_index}, {self.max_index}, {self.num_points}")
-        check(self.p_std > 0, f"sigma: p_std must be > 0, got {self.p_std}")
-
-    def kwargs(self) -> dict:
-        if self.kind == "karras_index":
-            return dict(num_points=self.num_points, min_index=self.min_index, max_index=self.max_index)
-        if self.kind == "lognormal":
-            return dict(p_mean=self.p_mean, p_std=self.p_std)
-        return {}
-
-
-DEFAULT_METHOD = {"name": "f_distill", "fake_updates_per_generator_update": 2}
-
-
-def method_from_config(section: dict):
-    """The ``method:`` section → (method class, its validated options). Unknown keys and bad values are ConfigErrors."""
-    if not isinstance(section, dict) or "name" not in section:
-        raise ConfigError("method: needs a name (e.g. method.name=f_distill)")
-    try:
-        cls = method_class(section["name"])
-    except ValueError as e:
-        raise ConfigError(f"method.name: {e}") from None
-    options = _build(cls.Options, {k: v for k, v in section.items() if k != "name"}, "method")
-    try:
-        options.validate()
-    except (ValueError, TypeError) as e:
-        raise ConfigError(str(e)) from None
-    return cls, options
-
-
-@dataclass
 class StudentConfig:
     sigma_init: float | None = None            # G(z) = D_θ(σ_init z, σ_init); None: the method's (80 DMD, 2.5 SiD)
     init_from_teacher: bool = True             # network teachers: generator and fake start as teacher copies
@@ -120,20 +81,23 @@ class DistillOptimConfig:
     lr_generator: float = 6e-4
     lr_fake: float = 3e-3                      # the fake score must track the generator closely (toy-scale rates)
     lr_discriminator: float = 3e-3
+    lr: dict = field(default_factory=dict)     # learning rates of other networks a method declares, by name
     betas: list = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     ema_decay: float = 0.99
-    fake_warmup_steps: int = 200               # fake-score (and discriminator) steps before the first generator step
-    # on steps that update the generator, train the auxiliary networks on that step's (detached) generator samples
-    # instead of a fresh generator pass, as DMD2 does; auto: for image models (points cost nothing to regenerate)
-    reuse_generator_samples: str | bool = "auto"
 
     def __post_init__(self):
-        check(self.reuse_generator_samples in ("auto", True, False),
-              f"optim.reuse_generator_samples must be auto, true or false, got {self.reuse_generator_samples!r}")
         check_optimizer("optim", [("lr_generator", self.lr_generator), ("lr_fake", self.lr_fake),
-                                  ("lr_discriminator", self.lr_discriminator)], self.betas, self.weight_decay, self.ema_decay)
-        check(self.fake_warmup_steps >= 0, f"optim.fake_warmup_steps must be ≥ 0, got {self.fake_warmup_steps}")
+                                  ("lr_discriminator", self.lr_discriminator),
+                                  *[(f"lr.{k}", v) for k, v in self.lr.items()]],
+                        self.betas, self.weight_decay, self.ema_decay)
+
+    def lr_of(self, network: str) -> float:
+        if network in self.lr:
+            return self.lr[network]
+        if hasattr(self, f"lr_{network}"):
+            return getattr(self, f"lr_{network}")
+        raise ConfigError(f"the method trains a network {network!r}: set its learning rate, optim.lr.{network}=<value>")
 
 
 @dataclass
@@ -146,6 +110,10 @@ class DistillEvalConfig:
         check(self.teacher_steps >= 1, f"eval.teacher_steps must be ≥ 1, got {self.teacher_steps}")
 
 
+def _default_method() -> MethodOptions:
+    return FDistillOptions(fake_updates_per_generator_update=2)
+
+
 @dataclass
 class DistillConfig:
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/distill", steps=6000, batch_size=256,
@@ -153,24 +121,32 @@ class DistillConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(source=""))  # real data for the discriminator
     student: StudentConfig = field(default_factory=StudentConfig)
-    method: dict = field(default_factory=lambda: dict(DEFAULT_METHOD))  # name + that method's options
+    method: MethodOptions = field(default_factory=_default_method)  # typed by method.name (gendiv/distill/options.py)
     # auto: the method's default (EDM's lognormal σ for the DMD family, SiD's Karras range for SiD-type methods);
     # image configs use DMD2's Karras-index range (karras_index, [20, 980])
-    sigma_generator: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="auto"))
-    sigma_fake: SigmaConfig = field(default_factory=lambda: SigmaConfig(kind="lognormal", min_index=0, max_index=999))
+    sigma_generator: SigmaSampler = field(default_factory=AutoSigma)
+    sigma_fake: SigmaSampler = field(default_factory=LogNormalSigma)
     optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
     eval: DistillEvalConfig = field(default_factory=DistillEvalConfig)
 
     def __post_init__(self):
-        method_from_config(self.method)  # validated when the config is loaded, before any work
+        if isinstance(self.method, dict):  # built in Python with a plain mapping
+            self.method = MethodOptions.parse_section(self.method, "method")
+        for key in ("sigma_generator", "sigma_fake"):
+            if isinstance(getattr(self, key), dict):
+                setattr(self, key, SigmaSampler.parse_section(getattr(self, key), key))
+        try:  # checked at load, before any work: the run's length fits the method's schedule
+            method_class(self.method.name)(self.method).check_run(self.run.steps)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 class _Factory(NetworkFactory):
-    """Auxiliary networks for a method: score networks start as trainable teacher copies (network teachers) or
-    as fresh ``student.model`` networks (analytic teachers); heads are sized on a network's bottleneck."""
+    """Networks for a method: score networks start as trainable teacher copies (network teachers) or as fresh
+    ``student.model`` networks (analytic teachers); heads are sized on a network's bottleneck."""
 
-    def __init__(self, trainer: "DistillTrainer", teacher):
-        self.trainer, self.teacher = trainer, teacher
+    def __init__(self, trainer: "DistillTrainer", teacher, student):
+        self.trainer, self.teacher, self.student = trainer, teacher, student
 
     def fresh(self) -> bool:
         return self.teacher is None or isinstance(self.teacher, AnalyticDenoiser) or not self.trainer.cfg.student.init_from_teacher
@@ -193,93 +169,100 @@ class _Factory(NetworkFactory):
 
 
 class DistillTrainer(TrainingLoop):
-    """Generator + whatever auxiliary networks the method declares, each with its own optimiser
-    (``optim.lr_<network name>``); the method supplies both losses and its update ratio."""
+    """The student + the networks the method declares, each with its own optimiser (``optim.lr_<name>`` or
+    ``optim.lr.<name>``); each step runs the updates the method schedules."""
 
     def __init__(self, cfg: DistillConfig):
-        method_cls, options = method_from_config(cfg.method)
+        self.method = method = method_class(cfg.method.name)(cfg.method)
         super().__init__(cfg.run, to_dict(cfg), image_data=is_image_source(cfg.data.source)
                          or teacher_is_image_model(cfg.teacher.source))
         self.cfg = cfg
         acc = self.accelerator
         teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source)
-        self.prompt_embeds = None
-        if self.text_teacher is not None:
-            if cfg.data.source or method_cls.needs_real_data():
-                raise ConfigError(f"teacher.source: {cfg.teacher.source} is a latent text-conditioned teacher; it distils "
-                                  f"data-free (dmd, diff_instruct, sid, or GAN-free f_distill / uni_instruct): method "
-                                  f"{method_cls.name} with these options needs real data, which would have to be latents "
-                                  "with captions; unset data.source and the GAN weights")
-            self.prompts = cfg.teacher.prompt_list()
-            self.prompt_embeds = self.text_teacher.encode(self.prompts)  # encoded once: [P, L, D]
-            self.text_teacher.vae.to(acc.device)  # decodes the evaluation grids
-        if teacher is None and method_cls.needs_teacher:
-            raise ConfigError(f"method {method_cls.name} distils a teacher: set teacher.source (analytic:<toy> or "
-                              "pipeline:<folder>); teacher.source=none is for methods that train from data alone (smt)")
-        self.teacher = None if teacher is None else teacher.to(acc.device).eval().requires_grad_(False)
-        data_source = cfg.data.source or default_data
-        if data_source:
-            self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
-        elif method_cls.needs_real_data():
-            raise ConfigError(f"set data.source: method {method_cls.name} needs real data (for its discriminator, or as "
-                              "its only signal without a teacher); DMD, Diff-Instruct and SiD distil data-free")
-        else:  # data-free: the teacher's space is the only thing the run needs to know
-            self.source = TeacherSpaceSource(sample_shape(teacher, 1)[1:], teacher.config.get("num_classes"),
-                                             is_image=len(sample_shape(teacher, 1)) == 4, method=method_cls.name)
+        self._set_up_condition_and_data(teacher, default_data)
+        self.sigma_samplers = {"generator": cfg.sigma_generator if cfg.sigma_generator.kind != "auto"
+                               else method.default_sigma_generator,
+                               "fake": cfg.sigma_fake if cfg.sigma_fake.kind != "auto" else method.default_sigma_fake}
+        sigma_init = cfg.student.sigma_init if cfg.student.sigma_init is not None else method.default_sigma_init
 
-        self.method = method_cls(options)
-        self.fake_per_gen = self.method.fake_updates
-        sigma_gen = cfg.sigma_generator
-        self.sigma_configs = {"generator": SigmaConfig(**self.method.default_sigma_generator) if sigma_gen.kind == "auto"
-                              else sigma_gen, "fake": cfg.sigma_fake}
-        sigma_init = cfg.student.sigma_init if cfg.student.sigma_init is not None else self.method.default_sigma_init
-
-        factory = _Factory(self, teacher)
-        if factory.fresh():
-            generator = OneStepGenerator.from_denoiser(build_model(cfg.student.model, self.source), sigma_init)
-        else:
-            generator = OneStepGenerator.from_denoiser(teacher, sigma_init)
-        self._check_compatible(generator, teacher)
-        aux = self.method.build_auxiliaries(factory)
+        factory = _Factory(self, teacher, None)
+        backbone = build_model(cfg.student.model, self.source) if factory.fresh() else teacher
+        student = OneStepGenerator.from_denoiser(backbone, sigma_init)
+        factory.student = student
+        self._check_compatible(student, teacher)
+        nets = method.build_networks(factory)
         if teacher is not None and cfg.teacher.guidance_scale != 1.0 and self.source.num_classes is None \
                 and self.text_teacher is None:
             raise ConfigError(f"teacher.guidance_scale={cfg.teacher.guidance_scale} needs a class-conditional teacher and "
                               "data (CFG guides against the null class); this teacher is unconditional")
         self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
+        self._prepare_networks({STUDENT: student, **nets})
+        self.ema_generator = self.add_ema(STUDENT, self.nets[STUDENT], cfg.optim.ema_decay)
+        for name, module in method.state_modules().items():
+            self.extra_state[name] = module.to(acc.device)
+        method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=student.sample_shape,
+                                   draw_condition=self._draw_condition, seed=self.run.seed, device=acc.device,
+                                   teacher_steps=cfg.eval.teacher_steps, is_image=self.source.is_image))
+        self.updates = {u.name: u for u in method.updates()}
+        self._check_schedule()
+        self._teacher_reference = None
 
-        o = cfg.optim
-        mk = lambda params, lr: self.optimizer(params, lr, o.betas, o.weight_decay)  # noqa: E731
-        generator = self.speed_up(generator)
-        aux = {name: self.speed_up(module) for name, module in aux.items()}
+    # -- set-up ------------------------------------------------------------------------------------
+    def _set_up_condition_and_data(self, teacher, default_data):
+        cfg, method = self.cfg, self.method
+        self.prompt_embeds = None
+        if self.text_teacher is not None:
+            if cfg.data.source or method.needs_real_data():
+                raise ConfigError(f"teacher.source: {cfg.teacher.source} is a latent text-conditioned teacher; it distils "
+                                  f"data-free (dmd, diff_instruct, sid, or GAN-free f_distill / uni_instruct): method "
+                                  f"{method.name} with these options needs real data, which would have to be latents "
+                                  "with captions; unset data.source and the GAN weights")
+            self.prompts = cfg.teacher.prompt_list()
+            self.prompt_embeds = self.text_teacher.encode(self.prompts)  # encoded once: [P, L, D]
+            self.text_teacher.vae.to(self.accelerator.device)  # decodes the evaluation grids
+        if teacher is None and method.needs_teacher:
+            raise ConfigError(f"method {method.name} distils a teacher: set teacher.source (analytic:<toy> or "
+                              "pipeline:<folder>); teacher.source=none is for methods that train from data alone")
+        self.teacher = None if teacher is None else teacher.to(self.accelerator.device).eval().requires_grad_(False)
         if self.teacher is not None:
             apply_memory_format(self.teacher, cfg.run.channels_last)
-        names, modules, optimizers = ["generator"], [generator], [mk(generator.parameters(), o.lr_generator)]
-        for name, module in aux.items():
-            params = [p for p in module.parameters() if p.requires_grad]
-            names.append(name)
-            modules.append(module)
-            if params:
-                if not hasattr(o, f"lr_{name}"):
-                    raise ConfigError(f"method {self.method.name} trains a network {name!r} but optim has no lr_{name}")
-                optimizers.append(mk(params, getattr(o, f"lr_{name}")))
-            else:
-                optimizers.append(None)  # parameter-free (e.g. SiDA's encoder discriminator)
-        prepared = acc.prepare(*modules, *[opt for opt in optimizers if opt is not None])
-        prepared_modules, prepared_opts = list(prepared[:len(modules)]), iter(prepared[len(modules):])
-        self.nets = dict(zip(names, prepared_modules))
-        self.optimizers = {n: (next(prepared_opts) if opt is not None else None) for n, opt in zip(names, optimizers)}
-        self.generator = self.nets.pop("generator")
-        self.opt_g = self.optimizers.pop("generator")
-        self.ema_generator = self.add_ema("generator", self.generator, o.ema_decay)
-        self.extra_state.update(self.method.state_modules())
-        self.method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=acc.unwrap_model(self.generator).sample_shape,
-                                        draw_condition=self._draw_condition, seed=self.run.seed, device=acc.device,
-                                        teacher_steps=cfg.eval.teacher_steps))
-        self._teacher_reference = None
-        reuse = cfg.optim.reuse_generator_samples
-        self.reuse_samples = self.source.is_image if reuse == "auto" else bool(reuse)
+        data_source = cfg.data.source or default_data
+        if data_source:
+            self.source = build_data(DataConfig(**{**to_dict(cfg.data), "source": data_source}))
+        elif method.needs_real_data():
+            raise ConfigError(f"set data.source: method {method.name} needs real data (for its discriminator, or as "
+                              "its only signal without a teacher); DMD, Diff-Instruct and SiD distil data-free")
+        else:  # data-free: the teacher's space is the only thing the run needs to know
+            self.source = TeacherSpaceSource(sample_shape(teacher, 1)[1:], teacher.config.get("num_classes"),
+                                             is_image=len(sample_shape(teacher, 1)) == 4, method=method.name)
 
-    # -- set-up checks -----------------------------------------------------------------------------
+    def _prepare_networks(self, modules: dict):
+        """One optimiser per network with trainable parameters; everything through ``accelerator.prepare``."""
+        o, acc = self.cfg.optim, self.accelerator
+        unknown = sorted(set(o.lr) - set(modules))
+        if unknown:
+            raise ConfigError(f"optim.lr.{unknown[0]}: method {self.method.name} has no network {unknown[0]!r}; "
+                              f"its networks: {sorted(modules)}")
+        modules = {name: self.speed_up(m) for name, m in modules.items()}
+        self.trainable = {name: [p for p in m.parameters() if p.requires_grad] for name, m in modules.items()}
+        optimizers = {name: self.optimizer(params, o.lr_of(name), o.betas, o.weight_decay)
+                      for name, params in self.trainable.items() if params}  # parameter-free: e.g. SiDA's encoder head
+        prepared = acc.prepare(*modules.values(), *optimizers.values())
+        self.nets = dict(zip(modules, prepared[:len(modules)]))
+        self.optimizers = dict(zip(optimizers, prepared[len(modules):]))
+        self.unwrapped = {name: acc.unwrap_model(m) for name, m in self.nets.items()}
+
+    def _check_schedule(self):
+        steps = self.run.steps
+        for s in sorted({0, steps - 1, min(steps - 1, 10_000)}):
+            names = self.method.schedule(s)
+            if not names:
+                raise ConfigError(f"method {self.method.name}: its schedule runs no update at step {s}; check its options")
+            unknown = [n for n in names if n not in self.updates]
+            if unknown:
+                raise ValueError(f"method {self.method.name} schedules update {unknown[0]!r}, which it does not declare "
+                                 f"(updates: {sorted(self.updates)})")
+
     def _check_compatible(self, generator, teacher):
         shape = tuple(generator.sample_shape(2))
         if tuple(self.source.shape) != shape[1:]:
@@ -301,6 +284,7 @@ class DistillTrainer(TrainingLoop):
         if tuple(out.shape) != shape:
             raise ValueError(f"teacher output {tuple(out.shape[1:])} does not match the generator's {shape[1:]}")
 
+    # -- the trainer's seeded draws ---------------------------------------------------------------------
     def _draw_condition(self, batch: int, generator: torch.Generator) -> Condition | None:
         """``batch`` training conditions (on the CPU): prompts drawn uniformly for text teachers, else class labels."""
         if self.prompt_embeds is not None:
@@ -315,78 +299,72 @@ class DistillTrainer(TrainingLoop):
         return None if cond is None else cond.to(self.accelerator.device)
 
     def _sigma(self, which: str, batch: int) -> torch.Tensor:
-        cfg = self.sigma_configs[which]
-        return sample_sigma(cfg.kind, batch, generator=self.gen, **cfg.kwargs()).to(self.accelerator.device)
+        return self.sigma_samplers[which].draw(batch, generator=self.gen, device=self.accelerator.device)
 
     def _z(self, batch: int) -> torch.Tensor:
-        shape = self.accelerator.unwrap_model(self.generator).sample_shape(batch)
+        shape = self.unwrapped[STUDENT].sample_shape(batch)
         return torch.randn(shape, generator=self.gen).to(self.accelerator.device)
 
     def _real(self, batch: int):
         x_real, labels = self.source.sample_batch(batch, self.gen)
         return x_real.to(self.accelerator.device), self._cond(batch, labels)
 
-    def _batch(self, x, cond) -> DistillBatch:
-        return DistillBatch(x=x, cond=cond, teacher=self.guided_teacher, generator=self.generator, rng=self.gen,
-                            draw_sigma=self._sigma, draw_real=self._real, step=self.step)
+    def _draws(self) -> StepDraws:
+        return StepDraws(rng=self.gen, device=self.accelerator.device, step=self.step, batch_size=self.run.batch_size,
+                         teacher=self.guided_teacher, condition=self._cond, latents=self._z, sigma=self._sigma,
+                         real=self._real)
 
-    # -- the two updates -----------------------------------------------------------------------------
-    def auxiliary_step(self, samples=None) -> dict:
-        """The method's auxiliary networks (fake score, discriminator, ...) on detached generator samples: ``samples``
-        (x, cond) from this step's generator update, or a fresh generator pass."""
-        acc, bs = self.accelerator, self.run.batch_size
-        if samples is not None:
-            x_fake, cond = samples
-        else:
-            cond = self._cond(bs)
-            with torch.no_grad(), acc.autocast():
-                x_fake = self.generator(self._z(bs), cond).float()
-        with acc.autocast():
-            loss, metrics = self.method.auxiliary_loss(self.nets, self._batch(x_fake, cond))
-        self.check_finite("auxiliary (fake-score/discriminator) loss", loss)
-        acc.backward(loss)
-        for name, module in self.nets.items():
-            opt = self.optimizers[name]
-            if opt is None:
-                continue
-            params = [p for p in module.parameters() if p.grad is not None]
-            if self.run.grad_clip and params:
-                norm = acc.clip_grad_norm_(params, self.run.grad_clip)
-                self.check_finite(f"gradient norm of {name}", torch.as_tensor(norm))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return metrics
-
-    def generator_step(self) -> dict:
-        acc, bs = self.accelerator, self.run.batch_size
-        cond = self._cond(bs)
-        frozen = {name: acc.unwrap_model(m) for name, m in self.nets.items()}
-        for m in frozen.values():
-            m.requires_grad_(False)
-        try:
-            with acc.autocast():
-                x = self.generator(self._z(bs), cond).float()
-                loss, metrics = self.method.generator_loss(frozen, self._batch(x, cond))
-            self.check_finite(f"{self.method.name} generator loss", loss)
-            metrics["generator_grad_norm"] = self.clip_and_step(self.generator, self.opt_g, loss, "generator")
-        finally:
-            for m in frozen.values():
-                m.requires_grad_(True)
-        self.update_ema("generator")
-        self._last_samples = (x.detach(), cond)
-        return metrics
-
+    # -- one step: the updates the method schedules -------------------------------------------------------
     def train_step(self) -> dict:
-        s, warmup = self.step, self.cfg.optim.fake_warmup_steps  # s: completed steps before this one
-        if not (s >= warmup and (s - warmup) % self.fake_per_gen == 0):
-            return self.auxiliary_step()
-        if self.reuse_samples:  # DMD2's order: the generator first, then the fake score on the same samples
-            metrics = self.generator_step()
-            metrics.update(self.auxiliary_step(samples=self._last_samples))
-            return metrics
-        metrics = self.auxiliary_step()
-        metrics.update(self.generator_step())
+        draws, metrics = self._draws(), {}
+        for name in self.method.schedule(self.step):
+            metrics.update(self._run_update(self.updates[name], draws))
         return metrics
+
+    @contextmanager
+    def _only_training(self, trained):
+        """Networks the update does not train are frozen for its backward (only their trainable parameters are
+        touched, so a network the method keeps frozen stays frozen)."""
+        frozen = [p for name, params in self.trainable.items() if name not in trained for p in params]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _run_update(self, update, draws: StepDraws) -> dict:
+        acc = self.accelerator
+        # trained networks through their (DDP) wrappers; the others unwrapped, as plain frozen functions
+        nets = {name: (self.nets[name] if name in update.trains else self.unwrapped[name]) for name in self.nets}
+        with self._only_training(update.trains):
+            with acc.autocast():
+                loss, metrics = self.method.loss(update.name, nets, draws)
+            self.check_finite(f"{self.method.name} {update.name} loss", loss)
+            acc.backward(loss)
+            for name in update.trains:
+                if name not in self.optimizers:
+                    continue
+                norm = self._clip_gradients(name)
+                self.optimizers[name].step()
+                self.optimizers[name].zero_grad(set_to_none=True)
+                if name == STUDENT:
+                    metrics["generator_grad_norm"] = norm
+                    self.update_ema(STUDENT)
+        self.method.after_update(update.name, nets, draws)
+        return metrics
+
+    def _clip_gradients(self, name: str) -> float:
+        params = [p for p in self.nets[name].parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        if self.run.grad_clip:
+            norm = self.accelerator.clip_grad_norm_(params, self.run.grad_clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        self.check_finite(f"gradient norm of {name}", torch.as_tensor(norm))
+        return float(norm)
 
     # -- evaluation and export -----------------------------------------------------------------------
     @torch.no_grad()
@@ -396,7 +374,7 @@ class DistillTrainer(TrainingLoop):
         cond = self._draw_condition(n, g)
         labels = None if cond is None else cond.class_labels
         z = torch.randn(gen.sample_shape(n), generator=g).to(self.accelerator.device)
-        x = gen(z, None if cond is None else cond.to(self.accelerator.device)).float()
+        x = self.method.sample(gen, z, None if cond is None else cond.to(self.accelerator.device)).float()
         if self.text_teacher is not None:  # latents → images for the grid
             x = self.text_teacher.decode(x)
         return x.cpu(), labels
@@ -424,7 +402,7 @@ class DistillTrainer(TrainingLoop):
         student = exact_metrics(dist, x, ref, cond=cond)
         name = self.method.label
         panels = {"truth (exact samples)": ref}
-        result = {"student": student, "student_nfe": 1, "step": self.step, "method": name}
+        result = {"student": student, "student_nfe": self.method.student_nfe, "step": self.step, "method": name}
         if self.guided_teacher is not None:
             if self._teacher_reference is None:
                 xt = self.teacher_samples(n, seed + 2, labels)
@@ -433,7 +411,7 @@ class DistillTrainer(TrainingLoop):
             nfe = 2 * self.cfg.eval.teacher_steps - 1
             panels[f"teacher, {nfe} NFE"] = xt
             result.update(teacher=teacher, teacher_nfe=nfe)
-        panels[f"student {name}, 1 NFE"] = x
+        panels[f"student {name}, {self.method.student_nfe} NFE"] = x
         scatter_plot(self.out / f"samples_{tag}.png", panels, title=f"{dist.name} — step {self.step}", reference=ref)
         (self.out / f"eval_{tag}.json").write_text(json.dumps(result, indent=1))
         return {f"student/{k}": v for k, v in student.items()} | {f"teacher/{k}": v for k, v in result.get("teacher", {}).items()}

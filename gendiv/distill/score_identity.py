@@ -1,4 +1,4 @@
-"""Score-identity distillation: SiD (α), SiDA, and Uni-Instruct for any f-divergence (methods.md §1–2).
+"""Score-identity distillation: SiD (α), SiDA, and Uni-Instruct for any f-divergence (docs/methods.md §1–2).
 
 These methods backpropagate through the frozen teacher and fake networks into x_σ (weights frozen, input gradients
 on). With a = Dᵀ(x_σ), b = Dᶠ(x_σ), δ = a − b, e = b − x and a per-sample weight w:
@@ -7,28 +7,32 @@ on). With a = Dᵀ(x_σ), b = Dᶠ(x_σ), δ = a − b, e = b − x and a per-sa
     Uni-Instruct:  L = w·[ 2h·((1−α*)‖δ‖² + δ·e) + ⟨x, sg[ω·δ/σ²]⟩ ],
                    α* = ½ + r·h'(r)/(2h(r)),   ω = −r²h''(r)‖δ‖² + 2r·h'(r)·(δ·e),    h = f''(r)·r²
 
-The Uni-Instruct loss is *derived*, not ported (the published code is wrong in several places, methods.md §2):
+The Uni-Instruct loss is *derived*, not ported (the published code is wrong in several places, docs/methods.md §2):
 its gradient equals ∇_θ J_σ, J_σ(θ) = E_{x_σ∼q_θ,σ}[h(r)‖s_p − s_q‖²], exactly, when Dᵀ, Dᶠ and r are exact and
 w = 1/σ⁴. The derivation, step by step, is in docs/uni_instruct.md; tests/test_score_identity.py checks it
 against finite differences of J_σ by quadrature for every divergence. Reverse KL (h ≡ 1) gives α* = ½: the exact
 Fisher-divergence gradient is 2× SiD's loss at α = ½ (SiD's default α = 1.2, and α = 1 as in the Uni-Instruct
 code's "Grad(SIM)", are not gradients of J_σ).
 
-The SiD-type part has a fused backward with the closed-form derivatives (methods.md §1):
+The SiD-type part has a fused backward with the closed-form derivatives (docs/methods.md §1):
     ∂L/∂a = w[2(1−α)δ + e],   ∂L/∂b = w[(2α−1)δ − e],   ∂L/∂x (direct) = −w·δ.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
 from ..kernels import global_mean, resolve_backend
 from ..space import append_dims
-from .distill import (DistillationMethod, DistillBatch, EncoderDiscriminator, GANOptions, MethodOptions, RatioOptions,
-                      RatioWeights, StepContext)
 from .divergences import get_divergence, h_derivatives
+from .f_distill import RatioWeights
+from .losses import EncoderDiscriminator, StepContext
+from .options import (Divergence, DivergenceOptions, EncoderGANSection, KarrasIndexSigma, KernelOptions, RatioSection,
+                      check_divergence_name)
+from .score_difference import ScoreDifferenceMethod, ScoreDifferenceOptions
 
 WEIGHTINGS = ("sid", "exact", "none")
 
@@ -123,56 +127,40 @@ def _masked_mean(per_sample: torch.Tensor, metrics: dict) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------
 # Options and methods
 # -------------------------------------------------------------------------------------------------
-@dataclass
-class SiDOptions(MethodOptions):
-    alpha: float = 1.2                 # SiD's α (1.2 default; 1.0 for AFHQ); α = ½ is the exact Fisher gradient
-    weighting: str = "sid"             # sid (1/mean|x − Dᵀ|) | exact (1/σ⁴) | none
+class SiDOptions(ScoreDifferenceOptions, KernelOptions):
+    name: Literal["sid"] = "sid"
+    alpha: float = Field(1.2, gt=0)    # SiD's α (1.2 default; 1.0 for AFHQ); α = ½ is the exact Fisher gradient
+    weighting: Literal["sid", "exact", "none"] = "sid"   # sid (1/mean|x − Dᵀ|) | exact (1/σ⁴) | none
     fused_backward: bool = True        # closed-form backward (compiled with kernel_backend=compile)
 
-    def validate(self):
-        super().validate()
-        if not self.alpha > 0:
-            raise ValueError(f"method.alpha must be > 0 (SiD uses 1.2), got {self.alpha}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"method.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+
+class SiDAOptions(SiDOptions):
+    name: Literal["sida"] = "sida"
+    gan: EncoderGANSection = Field(default_factory=EncoderGANSection)
 
 
-@dataclass
-class SiDAOptions(SiDOptions, GANOptions):
-    gan_weight_gen: float = 1e-2
-    discriminator: str = "encoder"     # encoder (SiDA: channel mean of the fake network's bottleneck) | head
-
-    def validate(self):
-        super().validate()
-        if self.discriminator not in ("encoder", "head"):
-            raise ValueError(f"method.discriminator must be encoder or head, got {self.discriminator!r}")
-
-
-class SiD(DistillationMethod):
+class SiD(ScoreDifferenceMethod):
     """SiD: the loss through x_σ with teacher and fake weights frozen, input gradients on; 1:1 updates, σ_init 2.5,
     σ from Karras' grid over t ∈ [0, 0.8] (σ ≤ 24.4)."""
 
     name = "sid"
     Options = SiDOptions
     default_sigma_init = 2.5
-    default_sigma_generator = {"kind": "karras_index", "min_index": 0, "max_index": 799, "num_points": 1000}
+    default_sigma_generator = KarrasIndexSigma(min_index=0, max_index=799, num_points=1000)
 
-    def step_context(self, nets, batch, input_grad: bool = True):
-        return super().step_context(nets, batch, input_grad=True)
-
-    def per_sample_loss(self, ctx: StepContext, metrics: dict) -> torch.Tensor:
+    def per_sample_loss(self, ctx: StepContext, step: int, metrics: dict) -> torch.Tensor:
         w = sample_weight(ctx, self.options.weighting)
         return sid_per_sample(ctx.x, ctx.d_teacher, ctx.d_fake, self.options.alpha, w, self.options.fused_backward,
                               self.options.kernel_backend)
 
-    def generator_loss(self, ctx_or_nets, batch: DistillBatch | None = None):
-        ctx = ctx_or_nets if batch is None else self.step_context(ctx_or_nets, batch)
-        self.current_step = 0 if batch is None else batch.step
+    def generator_loss(self, nets, x, cond, draws):
+        return self.loss_from_context(self.step_context(nets, x, cond, draws, input_grad=True), draws.step)
+
+    def loss_from_context(self, ctx: StepContext, step: int = 0):
         metrics: dict = {}
-        loss = _masked_mean(self.per_sample_loss(ctx, metrics), metrics)
+        loss = _masked_mean(self.per_sample_loss(ctx, step, metrics), metrics)
         metrics["distill_loss"] = float(loss.detach())  # with α ≥ 1 it can be negative: not a convergence measure
-        loss = self.add_gan_term(loss, ctx, metrics)
-        return loss, metrics
+        return self.add_gan_term(loss, ctx, metrics), metrics
 
 
 class SiDA(SiD):
@@ -182,33 +170,38 @@ class SiDA(SiD):
     Options = SiDAOptions
     uses_discriminator = True
 
-    def build_auxiliaries(self, factory):
+    def networks(self, factory):
         nets = {"fake": factory.score_network()}
-        nets["discriminator"] = EncoderDiscriminator() if self.options.discriminator == "encoder" \
+        nets["discriminator"] = EncoderDiscriminator() if self.options.gan.discriminator == "encoder" \
             else factory.discriminator_head(nets["fake"])
         return nets
 
 
-@dataclass
-class UniInstructOptions(SiDAOptions, RatioOptions):
-    divergence: str = "forward_kl"
+class UniInstructOptions(SiDOptions, DivergenceOptions):
+    name: Literal["uni_instruct"] = "uni_instruct"
+    gan: EncoderGANSection = Field(default_factory=EncoderGANSection)
+    divergence: Divergence = "forward_kl"
+    ratio: RatioSection = Field(default_factory=lambda: RatioSection(sigma_bins=0))  # σ-bin normalisation off
     # [[step, divergence], ...]: e.g. [[0, reverse_kl], [3000, forward_kl]] is the paper's RKL → FKL warm start
-    divergence_schedule: list = field(default_factory=list)
-    sigma_bins: int = 0                # σ-bin normalisation of r (f-distill's estimator); off by default
-    normalize_weights: bool = True     # divide h, h', h'' by the batch mean of h (a per-step rescale)
+    divergence_schedule: list[tuple[int, str]] = Field(default_factory=list)
 
-    def validate(self):
-        super().validate()
-        if self.discriminator not in ("encoder", "head"):
-            raise ValueError("method.discriminator: Uni-Instruct needs a discriminator (encoder or head): it supplies r")
-        self.validate_ratio()
-        for i, item in enumerate(self.divergence_schedule):
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], int) and item[0] >= 0):
-                raise ValueError(f"method.divergence_schedule[{i}] must be [step, divergence], got {item!r}")
+    @field_validator("divergence_schedule")
+    @classmethod
+    def _schedule(cls, value):
+        for step, div in value:
+            if step < 0:
+                raise ValueError(f"schedule steps must be ≥ 0, got {step}")
+            check_divergence_name(div)
+        return value
+
+    @model_validator(mode="after")
+    def _schedule_h_finite(self):
+        for i, (_, div) in enumerate(self.divergence_schedule):
             try:
-                RatioOptions(divergence=item[1], ratio_min=self.ratio_min, ratio_max=self.ratio_max).validate_ratio()
+                self.ratio.check_divergence(div)
             except ValueError as e:
-                raise ValueError(f"method.divergence_schedule[{i}]: {e}") from None
+                raise ValueError(f"divergence_schedule[{i}]: {e}") from None
+        return self
 
 
 class UniInstruct(RatioWeights, SiDA):
@@ -236,24 +229,23 @@ class UniInstruct(RatioWeights, SiDA):
             return f"{self.name} ({' → '.join(d.name for _, d in self._schedule)})"
         return f"{self.name} ({self.divergence.name})"
 
-    def per_sample_loss(self, ctx: StepContext, metrics: dict) -> torch.Tensor:
+    def per_sample_loss(self, ctx: StepContext, step: int, metrics: dict) -> torch.Tensor:
         o = self.options
-        div = self.divergence_at(self.current_step)
         r = self.ratio(ctx).to(torch.float64)
-        h, h1, h2 = h_derivatives(div, r)
+        h, rh1, r2h2 = h_derivatives(self.divergence_at(step), r)   # h, r·h', r²·h''
         if o.normalize_weights:
             mean_h = global_mean(h).clamp_min(1e-30)  # a per-step rescale of both parts, across processes
-            h, h1, h2 = h / mean_h, h1 / mean_h, h2 / mean_h
+            h, rh1, r2h2 = h / mean_h, rh1 / mean_h, r2h2 / mean_h
         dtype = torch.promote_types(ctx.x.dtype, torch.float32)
         w = sample_weight(ctx, o.weighting)
-        alpha_star = (0.5 + r * h1 / (2 * h)).to(dtype)
+        alpha_star = (0.5 + rh1 / (2 * h)).to(dtype)
         sid_part = sid_per_sample(ctx.x, ctx.d_teacher, ctx.d_fake, alpha_star, (2 * h).to(dtype) * w,
                                   o.fused_backward, o.kernel_backend)
         # Diff-Instruct-type part: the ratio's path, ∇_x r = r·δ/σ², as a pseudo-gradient on x (x_σ − x is fixed noise)
         delta = (ctx.d_teacher - ctx.d_fake).detach().to(dtype)
         e = (ctx.d_fake - ctx.x).detach().to(dtype)
         sq, de = delta.flatten(1).pow(2).sum(1), (delta * e).flatten(1).sum(1)
-        omega = (-(r**2) * h2).to(dtype) * sq + (2 * r * h1).to(dtype) * de
+        omega = (-r2h2).to(dtype) * sq + (2 * rh1).to(dtype) * de
         sigma2 = append_dims(ctx.sigma.to(dtype) ** 2, delta.ndim)
         g = append_dims(omega * w, delta.ndim) * delta / sigma2
         di_part = (ctx.x.to(dtype) * g).flatten(1).sum(1)

@@ -1,4 +1,4 @@
-"""f-divergences and their distillation weights h(r) = f''(r)·r² (methods.md §2).
+"""f-divergences and their distillation weights h(r) = f''(r)·r² (docs/methods.md §2).
 
 With r = p_σ/q_σ (teacher over student), ∇_θ D_f(p_σ‖q_σ) = −E[h(r)(s_p − s_q)ᵀ ∂x_σ/∂θ]; reverse KL gives
 h ≡ 1 (DMD). Constant factors are irrelevant because the weights are normalised by their batch mean.
@@ -58,14 +58,19 @@ def h_from_f(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tenso
 
 
 def h_derivatives(divergence: Divergence, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(h, h', h'') at r in float64, by autograd of the divergence's h (closed form or from a callable f)."""
+    """(h, r·h', r²·h'') at r in float64, by autograd of h in u = log r (closed form or from a callable f).
+
+    Uni-Instruct needs only these scaled derivatives. With H(u) = h(eᵘ): r·h' = H' and r²·h'' = H'' − H'. Forming
+    them in log r keeps them finite where h' or h'' alone overflow: squared Hellinger's h'' = −r^(−3/2)/8 is −∞ at
+    r ≲ 1e-206, and r²·h'' would be 0·(−∞) = NaN; in log r it is −√r/8 → 0.
+    """
     with torch.enable_grad():
-        r_ = r.detach().double().requires_grad_()
-        h = divergence.h(r_) + 0 * r_                      # + 0·r keeps a graph for constant h (reverse KL)
-        (d1,) = torch.autograd.grad(h.sum(), r_, create_graph=True)
-        d1 = d1 + 0 * r_
-        (d2,) = torch.autograd.grad(d1.sum(), r_)
-    return h.detach(), d1.detach(), d2.detach()
+        u = r.detach().double().log().requires_grad_()
+        h = divergence.h(u.exp()) + 0 * u                  # + 0·u keeps a graph for constant h (reverse KL)
+        (d1,) = torch.autograd.grad(h.sum(), u, create_graph=True)
+        d1 = d1 + 0 * u
+        (d2,) = torch.autograd.grad(d1.sum(), u)
+    return h.detach(), d1.detach(), (d2 - d1).detach()
 
 
 def get_divergence(spec) -> Divergence:
