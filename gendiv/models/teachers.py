@@ -45,12 +45,13 @@ def load_teacher(spec: str, null_class: int | None = None):
 
 
 def _teacher_from_folder(path: Path, null_class: int | None):
+    from ..pipelines.base import saved_class_name
     from .from_diffusers import denoiser_from_pipeline_folder
     from .latent_text import latent_text_teacher_from_folder
     from .pipeline_teachers import PIPELINE_FAMILIES, pipeline_teacher_from_folder
 
     index = read_model_index(path)
-    class_name = index.get("_class_name")
+    class_name = saved_class_name(index)  # gendiv folders name ["gendiv_pipeline", class]
     if class_name == "OneStepPipeline":
         raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
                          "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")

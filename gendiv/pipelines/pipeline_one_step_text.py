@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import torch
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..condition import Condition
 from ..models.latent_text import encode_prompts, latents_to_images
-from .output import OUTPUT_TYPES, initial_noise, postprocess
+from .base import PipelineBase
+from .output import OUTPUT_TYPES, check_generator, check_positive_int, initial_noise, postprocess
 
 
-class OneStepTextToImagePipeline(DiffusionPipeline):
+class OneStepTextToImagePipeline(PipelineBase):
     """``pipe(prompt=...).images``: the prompt's embedding by the teacher's text encoder, one pass of the student in
     latent space, x = G(z | prompt) = D_θ(σ_init·z, σ_init | prompt), and the teacher's VAE decoder.
 
@@ -22,6 +23,21 @@ class OneStepTextToImagePipeline(DiffusionPipeline):
     def __init__(self, student, vae, text_encoder, tokenizer):
         super().__init__()
         self.register_modules(student=student, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent, as SD's pipelines
+
+    def latent_shape(self, batch: int, height: int | None, width: int | None) -> tuple:
+        """[batch, C, height/f, width/f], f the VAE's scale factor; the student's trained size by default, which is
+        also the only size gendiv's UNetDenoiser accepts (it checks its input against its UNet's sample_size)."""
+        _, channels, h, w = self.student.sample_shape(batch)
+        f = self.vae_scale_factor
+        height = h * f if height is None else check_positive_int(height, "height")
+        width = w * f if width is None else check_positive_int(width, "width")
+        if height % f or width % f:
+            raise ValueError(f"height and width must be multiples of the VAE's scale factor {f}, got {height}×{width}")
+        if (height // f, width // f) != (h, w):
+            raise ValueError(f"height×width {height}×{width} is not the student's trained size {h * f}×{w * f}: "
+                             "gendiv's UNetDenoiser takes its UNet's sample_size only")
+        return (batch, channels, height // f, width // f)
 
     def encode_prompt(self, prompt, device) -> torch.Tensor:
         if isinstance(prompt, str):
@@ -33,28 +49,32 @@ class OneStepTextToImagePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
                  prompt_embeds: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True):
+                 latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
+                 height: int | None = None, width: int | None = None):
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
         Args:
             prompt: a string or a list of strings (or give ``prompt_embeds`` [P, L, D] instead).
             num_images_per_prompt: images per prompt.
-            generator: torch.Generator (or one per image) for reproducible noise.
-            latents: the unit-scale input noise z, shape [P·num_images_per_prompt, C, h, w]; drawn if omitted.
+            height, width: image size in pixels (diffusers' arguments); the student's trained size, the one size its
+                denoiser takes, if omitted; any other size is refused with the sizes named.
+            generator: a torch.Generator, or a list of one per image (image i then depends on generator i only).
+            latents: the unit-scale input noise z, shape [P·num_images_per_prompt, C, height/f, width/f]; drawn if
+                omitted.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (decoded images) or ``"latent"`` (the student's latents).
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
         """
         if output_type not in (*OUTPUT_TYPES, "latent"):
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {(*OUTPUT_TYPES, 'latent')}")
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        per_prompt = check_positive_int(num_images_per_prompt, "num_images_per_prompt")
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of prompt and prompt_embeds")
         device = self._execution_device
         embeds = self.encode_prompt(prompt, device) if prompt is not None else torch.as_tensor(prompt_embeds).to(device)
-        embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
-        batch = embeds.shape[0]
-        z = initial_noise(self.student.sample_shape(batch), generator, device, latents)
+        embeds = embeds.repeat_interleave(per_prompt, dim=0)
+        shape = self.latent_shape(embeds.shape[0], height, width)
+        check_generator(generator, shape[0])
+        z = initial_noise(shape, generator, device, latents)
         x = self.student(z, Condition(text_embeds=embeds.float()))
         out = x if output_type == "latent" else postprocess(latents_to_images(self.vae, x), output_type)
         self.maybe_free_model_hooks()

@@ -32,6 +32,15 @@ class BoxSchedulerMixin:
 
     order = 1
     init_noise_sigma = 1.0  # the prior is drawn by prior_sample, already at its scale
+    # same config fields, σ-valued timesteps: any of them runs a saved box pipeline (``from_config``)
+    _compatibles = ["ReflectedSDEScheduler", "ReflectedODEScheduler", "ThresholdedSDEScheduler"]
+
+    @classmethod
+    def _get_compatibles(cls):
+        """diffusers looks ``_compatibles`` up in its own namespace only; gendiv's box schedulers live in ours."""
+        from .. import schedulers
+
+        return [getattr(schedulers, name) for name in cls._compatibles]
 
     def _validate_config(self, sigma_min, sigma_max, box_low, box_high, num_train_timesteps, prediction_type):
         if not 0 < sigma_min < sigma_max:
@@ -49,15 +58,24 @@ class BoxSchedulerMixin:
     def box(self) -> Box:
         return Box(self.config.box_low, self.config.box_high)
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
-        """σ_i = σ(t_i), t_i = linspace(1, 0, N): N model calls, the last one at σ_min for the final denoise."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-        t = torch.linspace(1, 0, num_inference_steps, dtype=torch.float64) if num_inference_steps > 1 \
-            else torch.zeros(1, dtype=torch.float64)
-        self.sigmas = reflected_sigma(t, self.config.sigma_min, self.config.sigma_max).float().to(device)
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      sigmas=None, timesteps=None):
+        """σ_i = σ(t_i), t_i = linspace(1, 0, N): N model calls, the last one at σ_min for the final denoise.
+
+        ``sigmas`` (or ``timesteps``, the same thing here: timesteps are σ values) sets a custom decreasing grid
+        instead, as diffusers' ``retrieve_timesteps`` passes it; the last σ is where the final denoise happens.
+        """
+        grid = _custom_grid(num_inference_steps, sigmas, timesteps)
+        if grid is None:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) \
+                    or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+            t = torch.linspace(1, 0, num_inference_steps, dtype=torch.float64) if num_inference_steps > 1 \
+                else torch.zeros(1, dtype=torch.float64)
+            grid = reflected_sigma(t, self.config.sigma_min, self.config.sigma_max)
+        self.sigmas = grid.float().to(device)
         self.timesteps = self.sigmas.clone()
-        self.num_inference_steps = num_inference_steps
+        self.num_inference_steps = len(self.sigmas)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         return sample
@@ -106,3 +124,19 @@ class BoxSchedulerMixin:
 
     def __len__(self):
         return self.config.num_train_timesteps
+
+
+def _custom_grid(num_inference_steps, sigmas, timesteps) -> torch.Tensor | None:
+    """The σ grid given as ``sigmas`` or ``timesteps`` (float64), checked: 1-D, finite, positive, decreasing."""
+    if sigmas is None and timesteps is None:
+        return None
+    if sigmas is not None and timesteps is not None:
+        raise ValueError("give sigmas or timesteps, not both (a box scheduler's timesteps are its σ values)")
+    if num_inference_steps is not None:
+        raise ValueError("give num_inference_steps or a custom σ grid (sigmas/timesteps), not both")
+    grid = torch.as_tensor(sigmas if sigmas is not None else timesteps).detach().to("cpu", torch.float64)
+    if grid.ndim != 1 or len(grid) < 1 or not torch.isfinite(grid).all() or (grid <= 0).any() \
+            or (grid[1:] >= grid[:-1]).any():
+        raise ValueError(f"a custom σ grid must be a non-empty 1-D list of positive, finite, strictly decreasing "
+                         f"values, got {grid.tolist()}")
+    return grid
