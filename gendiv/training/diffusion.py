@@ -12,6 +12,7 @@ import torch
 from ..condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
 from ..models import with_scalar_condition
 from ..objectives import denoising_loss
+from ..objectives.cfg_aware import CFGAwareConfig, cfg_aware_loss
 from ..objectives.guidance_free import gft_loss, model_guidance_loss
 from ..objectives.reflected import (REFLECTED_SIGMA_SAMPLERS, WEIGHTINGS, reflected_denoising_loss,
                                     sample_reflected_sigma)
@@ -104,7 +105,7 @@ class GuidanceFreeConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = "edm"           # edm | reflected | gft | model_guidance
+    objective: str = "edm"           # edm | reflected | gft | model_guidance | cfg_aware
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,6 +113,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     reflected: ReflectedConfig = field(default_factory=ReflectedConfig)
     guidance_free: GuidanceFreeConfig = field(default_factory=GuidanceFreeConfig)
+    cfg_aware: CFGAwareConfig = field(default_factory=CFGAwareConfig)
 
     def __post_init__(self):
         check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -247,8 +249,30 @@ class ModelGuidanceObjective(EDMObjective):
                                    sigma_sampler=self.cfg.optim.sigma_sampler)
 
 
+class CFGAwareObjective(EDMObjective):
+    """CFG-aware training: the EDM loss on the CFG combination at the scale w it will be sampled with
+    (objectives/cfg_aware.py); evaluation samples with CFG at w."""
+
+    def __init__(self, cfg: TrainConfig, source):
+        super().__init__(cfg, source)
+        self.options = cfg.cfg_aware
+        if source.num_classes is None:
+            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        return cfg_aware_loss(model, x0, cond, self.options.scale, self.options.weight, generator,
+                              sigma_sampler=self.cfg.optim.sigma_sampler)
+
+    def sample(self, denoiser, source, n: int, seed: int, device):
+        from ..guidance import ClassifierFreeGuidedDenoiser
+
+        guided = ClassifierFreeGuidedDenoiser(denoiser, self.options.scale)
+        x, labels, how = super().sample(guided, source, n, seed, device)
+        return x, labels, f"{how} × 2 passes, CFG at s = {self.options.scale:g}"
+
+
 OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective, "gft": GuidanceFreeObjective,
-              "model_guidance": ModelGuidanceObjective}
+              "model_guidance": ModelGuidanceObjective, "cfg_aware": CFGAwareObjective}
 
 
 class DiffusionTrainer(TrainingLoop):
