@@ -161,7 +161,7 @@ def tiny_pixart_pipeline(seed: int = 0):
 
 
 TINY_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-                 norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+                 norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
 
 
 def tiny_gendiv_pipelines(seed: int = 0, num_classes: int = 3) -> dict:

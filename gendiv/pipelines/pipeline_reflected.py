@@ -45,8 +45,9 @@ class ReflectedDiffusionPipeline(PipelineBase):
             guider: a gendiv or diffusers guider instead of ``guidance_scale`` (see ``GenDivPipeline``).
             num_inference_steps: denoiser calls per sample (the last one is the final denoise at σ_min), plus
                 ``scheduler.config.corrector_steps`` Langevin calls per step where the scheduler has them.
-            sigmas, timesteps: a custom decreasing σ grid instead (the box schedulers' timesteps are σ values; diffusers'
-                ``retrieve_timesteps`` hands it to ``scheduler.set_timesteps``); the final denoise is at its last σ.
+            sigmas, timesteps: a custom decreasing σ grid instead (the box schedulers' timesteps are σ values;
+                diffusers' ``retrieve_timesteps`` hands it to ``scheduler.set_timesteps``); the final denoise is at its
+                last σ.
             generator: a torch.Generator, or a list of one per sample (sample i then depends on generator i only).
             latents: the starting sample at the first σ, in box coordinates, shape [batch, ...]; drawn from the
                 scheduler's prior if omitted.
