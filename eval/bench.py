@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import platform
 import re
@@ -861,6 +862,15 @@ def _montage(panels: dict, path: Path, side_by_side: bool = False):
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+@benchmark("memory")
+def bench_memory(args) -> str:
+    """Peak memory per distillation step: full copies vs LoRA vs LoRA + checkpointing (eval/memory.py)."""
+    spec = importlib.util.spec_from_file_location("gendiv_eval_memory", ROOT / "eval" / "memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run(args)
 
 
 # ------------------------------------------------------------------------------------------------------------
