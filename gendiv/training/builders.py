@@ -50,6 +50,7 @@ class ModelConfig:
         check(self.hidden >= 1 and self.depth >= 0, f"model.hidden must be ≥ 1 and model.depth ≥ 0, got {self.hidden}, {self.depth}")
         check(len(self.block_out_channels) >= 1 and all(isinstance(c, int) and c >= 1 for c in self.block_out_channels),
               f"model.block_out_channels must be a list of positive integers, got {self.block_out_channels!r}")
+        check(self.norm_num_groups >= 1, f"model.norm_num_groups must be ≥ 1, got {self.norm_num_groups}")
         check(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
               f"model.block_out_channels {self.block_out_channels} must be divisible by model.norm_num_groups={self.norm_num_groups}")
         check(self.layers_per_block >= 1, f"model.layers_per_block must be ≥ 1, got {self.layers_per_block}")

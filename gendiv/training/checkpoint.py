@@ -9,14 +9,15 @@ import os
 import shutil
 from pathlib import Path
 
+from ..errors import UserError
 from ..fileio import sha256_file
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError):
+    """A checkpoint that is missing, damaged, or does not fit the run being resumed."""
 
 
 def write_manifest(folder: Path):
@@ -57,18 +58,41 @@ def seal_checkpoint(root: Path, step: int, keep: int = 2) -> Path:
     final = root / f"step-{step:08d}"
     write_manifest(tmp)
     if final.exists():  # a damaged checkpoint of the same step (resumed from an older one): keep it, renamed
-        n = 1
-        while final.with_name(f"{final.name}.damaged-{n}").exists():
-            n += 1
-        os.replace(final, final.with_name(f"{final.name}.damaged-{n}"))
+        set_aside(final, "damaged")
     os.replace(tmp, final)
-    pointer_tmp = root / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, root / LATEST)
+    point_latest(root, final)
     old = sorted(p for p in root.glob("step-*") if p.is_dir() and p != final and "." not in p.name)
     for p in old[: max(0, len(old) - (keep - 1))]:
         shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def point_latest(root: Path, folder: Path | None):
+    """Replace the ``latest`` pointer atomically (None: remove it, no checkpoint is good)."""
+    if folder is None:
+        (Path(root) / LATEST).unlink(missing_ok=True)
+        return
+    pointer_tmp = Path(root) / f".{LATEST}.tmp"
+    pointer_tmp.write_text(Path(folder).name)
+    os.replace(pointer_tmp, Path(root) / LATEST)
+
+
+def set_aside(folder: Path, reason: str) -> Path:
+    """Rename a checkpoint that must not be resumed from to ``<name>.<reason>-<n>``: kept, never deleted, and skipped
+    by :func:`latest_intact_checkpoint` (which reads only plain ``step-XXXXXXXX`` names)."""
+    n = 1
+    while folder.with_name(f"{folder.name}.{reason}-{n}").exists():
+        n += 1
+    dest = folder.with_name(f"{folder.name}.{reason}-{n}")
+    os.replace(folder, dest)
+    return dest
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a ``step-XXXXXXXX`` checkpoint folder; None for any other name (set aside, temporary)."""
+    name = Path(folder).name
+    digits = name.removeprefix("step-")
+    return int(digits) if name.startswith("step-") and digits.isdigit() else None
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import image_files, read_image
+from ..errors import InputError
+from ..fileio import image_files, read_image, to_unit_interval
 from ..toy import ComponentMixture, get_distribution
-
+from .config import check_allocation
 
 
 class ToySource:
@@ -30,17 +31,17 @@ class ToySource:
 class TensorSource:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None, name: str):
         if images.ndim != 4:
-            raise ValueError(f"{name}: images must be [N, C, H, W], got {tuple(images.shape)}")
+            raise InputError(f"{name}: images must be [N, C, H, W], got {tuple(images.shape)}")
         if len(images) == 0:
-            raise ValueError(f"{name}: no images")
+            raise InputError(f"{name}: no images")
         bad = (~torch.isfinite(images.float())).flatten(1).any(1)
         if bad.any():
-            raise ValueError(f"{name}: {int(bad.sum())} of {len(images)} images hold NaN or Inf values "
+            raise InputError(f"{name}: {int(bad.sum())} of {len(images)} images hold NaN or Inf values "
                              f"(first: index {int(bad.nonzero()[0])}); clean the data before training")
         if labels is not None and len(labels) != len(images):
-            raise ValueError(f"{name}: {len(labels)} labels for {len(images)} images; they must match one to one")
+            raise InputError(f"{name}: {len(labels)} labels for {len(images)} images; they must match one to one")
         if labels is not None and (labels < 0).any():
-            raise ValueError(f"{name}: labels must be ≥ 0, found {int(labels.min())}")
+            raise InputError(f"{name}: labels must be ≥ 0, found {int(labels.min())}")
         self.images, self.labels, self.num_classes, self.name = images.float(), labels, num_classes, name
         self.shape = tuple(images.shape[1:])
         self.is_image = True
@@ -57,7 +58,7 @@ class TeacherSpaceSource:
         self.shape, self.num_classes, self.is_image, self.method = tuple(shape), num_classes, is_image, method
 
     def sample_batch(self, batch: int, generator: torch.Generator):
-        raise ValueError(f"method {self.method} was set up data-free but asked for real data; set data.source")
+        raise InputError(f"method {self.method} was set up data-free but asked for real data; set data.source")
 
 
 def _to_unit_range(images: np.ndarray, max_value: float) -> torch.Tensor:
@@ -65,9 +66,19 @@ def _to_unit_range(images: np.ndarray, max_value: float) -> torch.Tensor:
 
 
 def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Square ``size``×``size`` images: the shorter side resized to ``size`` (aspect ratio kept), then the centre
+    cropped, as torchvision's Resize + CenterCrop; never a squash. The result's memory is checked first."""
     if size is None or images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    check_allocation(f"data.image_size={size} for {len(images)} images of {images.shape[1]} channel(s)",
+                     len(images) * images.shape[1] * size * size * 4, "cpu", "lower data.image_size")
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    images = torch.nn.functional.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True,
+                                             align_corners=False)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return images[..., top:top + size, left:left + size].contiguous()
 
 
 def load_digits_source(image_size: int | None = None, use_labels: bool = True) -> TensorSource:
@@ -89,32 +100,41 @@ def load_mnist_source(image_size: int | None = None, use_labels: bool = True) ->
 
 
 def load_image_folder(path: str | Path, image_size: int | None = None, channels: int | None = None) -> TensorSource:
-    """Every png/jpg/... under ``path`` (recursively). Mixed sizes are resized to ``image_size`` (or the first size)."""
+    """Every png/jpg/... under ``path`` (recursively), 8- or 16-bit, in [-1, 1]. Without ``image_size`` all images
+    must share one size (square or not, kept as is); with it, each is resized and centre-cropped to a square."""
     mode = {1: "L", 3: "RGB", None: None}[channels]
-    arrays = [read_image(f, mode) for f in image_files(path)]
-    tensors = [torch.from_numpy((a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).astype(np.float32) / 255.0 * 2 - 1)
+    files = image_files(path)
+    arrays = [read_image(f, mode) for f in files]
+    tensors = [torch.from_numpy(to_unit_interval(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)) * 2 - 1)
                for a in arrays]
     if channels is None:
         channels = 3 if any(t.shape[0] == 3 for t in tensors) else 1
     tensors = [t.expand(channels, -1, -1) if t.shape[0] != channels else t for t in tensors]
-    size = image_size or tensors[0].shape[-1]
-    out = torch.stack([_resize(t[None], size)[0] for t in tensors])
+    sizes = {tuple(t.shape[-2:]): f for t, f in zip(tensors, files)}
+    if image_size is None and len(sizes) > 1:
+        examples = ", ".join(f"{h}×{w} ({f.name})" for (h, w), f in list(sizes.items())[:3])
+        raise InputError(f"folder:{path} holds images of {len(sizes)} sizes (e.g. {examples}); set data.image_size "
+                         "to resize (shorter side) and centre-crop them all to one square size")
+    if image_size is not None:
+        check_allocation(f"data.image_size={image_size} for {len(tensors)} images of {channels} channel(s)",
+                         len(tensors) * channels * image_size ** 2 * 4, "cpu", "lower data.image_size")
+    out = torch.stack([_resize(t[None], image_size)[0] for t in tensors])
     return TensorSource(out, None, None, f"folder:{path}")
 
 
 def load_npz(path: str | Path, image_size: int | None = None) -> TensorSource:
     """An .npz with ``images`` (or ``x``): [N, H, W], [N, H, W, C] or [N, C, H, W], uint8 or floats in [-1, 1]; optional ``labels``."""
+    from ..metrics.images import open_npz, read_npz_array
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"npz file not found: {path}")
-    try:
-        data = np.load(path)
-    except Exception as e:  # zip errors, pickle refusal, truncation
-        raise ValueError(f"cannot read {path}: {e}") from e
+    data = open_npz(path)
     key = "images" if "images" in data else "x" if "x" in data else None
     if key is None:
-        raise ValueError(f"{path} has no 'images' or 'x' array (found {list(data.keys())})")
-    arr = data[key]
+        raise InputError(f"{path} has no 'images' or 'x' array (found {list(data.keys())})")
+    arr = read_npz_array(data, key, path)
+    if arr.ndim not in (3, 4) or len(arr) == 0:
+        raise InputError(f"{path}: '{key}' must hold images [N, H, W], [N, H, W, C] or [N, C, H, W], got shape "
+                         f"{arr.shape}")
     if arr.ndim == 3:
         arr = arr[:, None]
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
@@ -124,16 +144,16 @@ def load_npz(path: str | Path, image_size: int | None = None) -> TensorSource:
     elif np.issubdtype(arr.dtype, np.floating):
         finite = arr[np.isfinite(arr)]
         if finite.size and (finite.min() < -1.01 or finite.max() > 1.01):
-            raise ValueError(f"{path}: float images must lie in [-1, 1], found {finite.min():g}..{finite.max():g} "
+            raise InputError(f"{path}: float images must lie in [-1, 1], found {finite.min():g}..{finite.max():g} "
                              "(0–255 values? store them as uint8, or scale to [-1, 1])")
         x = torch.from_numpy(arr.astype(np.float32))
     else:
-        raise ValueError(f"{path}: images must be uint8 (0–255) or floats in [-1, 1], got dtype {arr.dtype}")
+        raise InputError(f"{path}: images must be uint8 (0–255) or floats in [-1, 1], got dtype {arr.dtype}")
     labels = None
     if "labels" in data:
-        raw = data["labels"]
+        raw = read_npz_array(data, "labels", path)
         if not np.issubdtype(raw.dtype, np.integer):
-            raise ValueError(f"{path}: labels must be integers, got dtype {raw.dtype}")
+            raise InputError(f"{path}: labels must be integers, got dtype {raw.dtype}")
         labels = torch.from_numpy(raw.reshape(-1)).long()
     return TensorSource(_resize(x, image_size), labels, None if labels is None else int(labels.max()) + 1, f"npz:{path}")
 
@@ -151,7 +171,7 @@ def build_source(source: str, image_size: int | None = None, channels: int | Non
         return load_image_folder(arg, image_size, channels)
     if kind == "npz":
         return load_npz(arg, image_size)
-    raise ValueError(f"unknown data source {source!r}; use toy:<name>, digits, mnist, folder:<path> or npz:<path>")
+    raise InputError(f"unknown data source {source!r}; use toy:<name>, digits, mnist, folder:<path> or npz:<path>")
 
 
 def draw_labels(source, n: int, generator: torch.Generator) -> torch.Tensor | None:

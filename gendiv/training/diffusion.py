@@ -6,6 +6,7 @@ evaluation sampler, exported pipeline) and never branches on its name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ from ..schedulers import ReflectedODEScheduler, ReflectedSDEScheduler
 from ..space import SIGMA_SAMPLERS
 from ..toy import exact_metrics
 from .builders import DataConfig, ModelConfig, build_data, build_model
-from .config import check, check_optimizer, to_dict
+from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import is_image_source
 from .data import ToySource, draw_labels
 from .loop import RunConfig, TrainingLoop
@@ -213,14 +214,16 @@ class GuidanceFreeObjective(EDMObjective):
         super().__init__(cfg, source)
         self.options = cfg.guidance_free
         if source.num_classes is None:
-            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+            raise ConfigError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
 
     def prepare_model(self, model):
         if self.options.init_from is None:
             return with_scalar_condition(model, GUIDANCE_SCALAR, self.cfg.model.time_cond_proj_dim)
+        check(Path(self.options.init_from, "model_index.json").is_file(),
+              f"guidance_free.init_from={self.options.init_from} is not a saved pipeline folder (no model_index.json)")
         base = GenDivPipeline.from_pretrained(self.options.init_from).denoiser
         if base.config.get("num_classes") != model.config.get("num_classes"):
-            raise ValueError(f"guidance_free.init_from={self.options.init_from} has num_classes="
+            raise ConfigError(f"guidance_free.init_from={self.options.init_from} has num_classes="
                              f"{base.config.get('num_classes')}, the data {model.config.get('num_classes')}")
         return with_scalar_condition(base, GUIDANCE_SCALAR, self.cfg.model.time_cond_proj_dim)  # zero-initialised β path: starts equal to the base
 
@@ -242,7 +245,7 @@ class ModelGuidanceObjective(EDMObjective):
         super().__init__(cfg, source)
         self.options = cfg.guidance_free
         if source.num_classes is None:
-            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+            raise ConfigError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
 
     def loss(self, model, x0, cond, generator, ema_model=None):
         return model_guidance_loss(model, ema_model, x0, cond, self.options.scale, generator,
@@ -257,7 +260,7 @@ class CFGAwareObjective(EDMObjective):
         super().__init__(cfg, source)
         self.options = cfg.cfg_aware
         if source.num_classes is None:
-            raise ValueError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
+            raise ConfigError(f"objective {cfg.objective} needs class labels, but data {cfg.data.source} has none")
 
     def loss(self, model, x0, cond, generator, ema_model=None):
         return cfg_aware_loss(model, x0, cond, self.options.scale, self.options.weight, generator,

@@ -9,7 +9,9 @@ import csv
 import json
 import math
 import os
+import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +22,13 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, latest_intact_checkpoint, seal_checkpoint, tmp_dir_for
-from .config import ConfigError, check
+from ..errors import UserError
+from ..fileio import folder_fingerprint
+from .checkpoint import (CheckpointError, checkpoint_step, latest_intact_checkpoint, point_latest, seal_checkpoint,
+                         set_aside, tmp_dir_for)
+from .config import ConfigError, check, check_allocation
 from .performance import adamw, apply_compile, apply_memory_format, keep_freed_memory, resolve_mixed_precision
+from .run_lock import RunLock
 
 
 class RunExistsError(ConfigError):
@@ -33,6 +39,9 @@ class RunExistsError(ConfigError):
 RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints",
                      "run.progress", "run.stop_after", "run.resume", "run.overwrite", "run.trackers", "run.output_dir",
                      "eval.")
+
+
+FINGERPRINTS = "fingerprints."  # config entries registered by register_fingerprint: content hashes, compared on resume
 
 
 class NonFiniteError(FloatingPointError):
@@ -72,6 +81,7 @@ class RunConfig:
         for key in ("channels_last", "fused_optimizer", "keep_freed_memory"):
             check(getattr(self, key) in ("auto", True, False), f"run.{key} must be auto, true or false, got {getattr(self, key)!r}")
         check(self.grad_clip >= 0, f"run.grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
+        check(0 <= self.seed < 2 ** 32, f"run.seed must be in [0, 2³² − 1] (NumPy's seed range), got {self.seed}")
         check(self.stop_after is None or self.stop_after >= 1, f"run.stop_after must be ≥ 1 or null, got {self.stop_after}")
         check(not (self.resume and self.overwrite), "run.resume and run.overwrite exclude each other")
         check(bool(self.output_dir), "run.output_dir must not be empty")
@@ -82,7 +92,14 @@ class TrainingLoop:
         self.run = run
         self.out = Path(run.output_dir)
         self.ckpt_root = self.out / "checkpoints"
+        if run.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("run.mixed_precision=fp16 needs a CUDA GPU; this machine has none (PyTorch's CPU autocast "
+                              "computes bf16, not fp16): use run.mixed_precision=bf16 or no")
+        self.restart_from_scratch = False
+        self.lock: RunLock | None = None
         self._claim_output_dir()
+        if self.lock is not None:  # given up by fit(), or when the trainer is dropped (e.g. its set-up failed)
+            weakref.finalize(self, self.lock.release)
         # AcceleratorState is a process-wide singleton; a second trainer in the same process (a teacher, then a
         # distillation run) may ask for another precision, so drop the old state but keep the distributed one.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -102,30 +119,57 @@ class TrainingLoop:
         self.config_dict = config_dict or {}
 
     def _claim_output_dir(self):
-        """Never overwrite a run: refuse a folder that holds one, unless resuming or asked to move it aside."""
+        """Own the run folder (run_lock.py) and never overwrite a run: refuse a folder that holds one, unless resuming
+        or asked to move it aside. Process 0 holds the lock for all processes of a distributed run."""
         out, run = self.out, self.run
-        has_run = out.is_dir() and any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "pipeline"))
-        if run.resume:
-            if not has_run or latest_intact_checkpoint(self.ckpt_root)[0] is None:
-                _, problems = latest_intact_checkpoint(self.ckpt_root)
-                detail = f" ({'; '.join(problems)})" if problems else ""
-                raise CheckpointError(f"--resume: no intact checkpoint in {self.ckpt_root}{detail}; "
-                                      "run without --resume to start a new run")
+        main_process = int(os.environ.get("RANK", "0")) == 0
+        if run.resume and not _holds_run(out):
+            raise CheckpointError(f"--resume: no intact checkpoint in {self.ckpt_root} ({out} holds no run); "
+                                  "run without --resume to start a new run")
+        purpose = "resume it" if run.resume else "move it aside (--overwrite)" if run.overwrite else "start a run in it"
+        lock = RunLock.acquire(out, purpose) if main_process else None
+        try:
+            if run.resume:
+                self._check_resumable()
+            elif _holds_run(out):
+                if not run.overwrite:
+                    raise RunExistsError(f"{out} already holds a run (checkpoints/metrics); continue it with --resume "
+                                         f"(run.resume=true), or pass --overwrite (run.overwrite=true) to move it aside "
+                                         f"to {out}.old-<time> and start anew, or choose another run.output_dir")
+                if main_process:
+                    lock = self._move_aside(lock)
+        except UserError:
+            if lock is not None:
+                lock.release()
+            raise
+        self.lock = lock
+
+    def _check_resumable(self):
+        """A resume needs an intact checkpoint; a run stopped before its first one starts again from step 0."""
+        folder, problems = latest_intact_checkpoint(self.ckpt_root)
+        if folder is not None:
             return
-        if not has_run:
-            return
-        if not run.overwrite:
-            raise RunExistsError(f"{out} already holds a run (checkpoints/metrics); continue it with --resume "
-                                 f"(run.resume=true), or pass --overwrite (run.overwrite=true) to move it aside to "
-                                 f"{out}.old-<time> and start anew, or choose another run.output_dir")
-        if int(os.environ.get("RANK", "0")) == 0:
-            aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            n = 1
-            while aside.exists():
-                aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-                n += 1
-            os.replace(out, aside)
-            print(f"moved the previous run in {out} to {aside}")
+        if problems:
+            raise CheckpointError(f"--resume: no intact checkpoint in {self.ckpt_root} ({'; '.join(problems)}); "
+                                  "pass --overwrite to move this run aside and start anew")
+        self.restart_from_scratch = True
+        print(f"note: {self.out} stopped before its first checkpoint (run.checkpoint_every="
+              f"{self.run.checkpoint_every}); --resume starts it again from step 0", file=sys.stderr)
+
+    def _move_aside(self, lock: RunLock) -> RunLock:
+        """--overwrite: rename the old run to <dir>.old-<time> (nothing is deleted) while holding its lock, so no live
+        run can be writing into it; then own the new, empty folder."""
+        out = self.out
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside, n = out.with_name(f"{out.name}.old-{stamp}"), 1
+        while aside.exists():
+            aside, n = out.with_name(f"{out.name}.old-{stamp}-{n}"), n + 1
+        lock.moved_to(aside)
+        os.replace(out, aside)
+        new_lock = RunLock.acquire(out)
+        lock.release()
+        print(f"moved the previous run in {out} to {aside}")
+        return new_lock
 
     # -- to be provided by subclasses -------------------------------------------------------------
     def train_step(self) -> dict:
@@ -155,9 +199,32 @@ class TrainingLoop:
 
     def check_finite(self, name: str, value: torch.Tensor):
         if not torch.isfinite(value).all():
-            kept = latest_intact_checkpoint(self.ckpt_root)[0]
+            kept = self._set_aside_diverged(self.step + 1)
             raise NonFiniteError(f"step {self.step + 1}: {name} is not finite ({value.detach().flatten()[:4].tolist()}); "
                                  f"training stopped. Last good checkpoint: {kept or 'none written yet'}")
+
+    def _set_aside_diverged(self, failed_step: int) -> Path | None:
+        """After step ``failed_step`` diverged, the checkpoint of the step before it is not good either (resuming
+        from it fails at once): rename such checkpoints ``*.diverged`` (kept, not deleted). Returns the newest good one."""
+        if self.is_main and self.ckpt_root.is_dir():
+            for folder in self.ckpt_root.glob("step-*"):
+                step = checkpoint_step(folder)
+                if step is not None and step >= failed_step - 1:
+                    set_aside(folder, "diverged")
+            point_latest(self.ckpt_root, latest_intact_checkpoint(self.ckpt_root)[0])
+        return latest_intact_checkpoint(self.ckpt_root)[0]
+
+    def _check_weights_finite(self):
+        """Only finite states are checkpointed: every trained network and EMA copy, checked before writing."""
+        networks = {f"network {i}": self.accelerator.unwrap_model(m) for i, m in enumerate(self.accelerator._models)}
+        networks.update({f"EMA of {name}": ema for name, (ema, _, _) in self.ema.items()})
+        for label, module in networks.items():
+            bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                kept = self._set_aside_diverged(self.step)
+                raise NonFiniteError(f"step {self.step}: {len(bad)} weight tensor(s) of {label} are not finite (first: "
+                                     f"{bad[0]}); not checkpointed, training stopped. Last good checkpoint: "
+                                     f"{kept or 'none written yet'}")
 
     def optimizer(self, params, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
         return adamw(params, lr, betas, weight_decay, self.run.fused_optimizer)
@@ -196,10 +263,34 @@ class TrainingLoop:
         if self.run.trackers:
             self.accelerator.log(metrics, step=self.step)
 
+    def read_log(self) -> list[dict]:
+        """metrics.jsonl's rows. A half-written last line (the run was killed while writing it) is dropped with a
+        warning; a damaged line elsewhere is an error naming it."""
+        if not self.log_path.exists():
+            return []
+        lines = self.log_path.read_text().splitlines()
+        rows = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise CheckpointError(f"{self.log_path}, line {number}, is not JSON ({line[:60]!r}); repair or "
+                                          "delete that line") from None
+                print(f"warning: dropped the half-written last line of {self.log_path} ({line[:60]!r})", file=sys.stderr)
+        return rows
+
+    def _write_log(self, rows: list[dict]):
+        tmp = self.log_path.with_name(f".{self.log_path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, self.log_path)  # atomic: a kill leaves the old or the new log, whole
+
     def write_csv(self):
         if not self.is_main or not self.log_path.exists():
             return
-        rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        rows = self.read_log()
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "step", k))
         with open(self.out / "metrics.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys)
@@ -209,12 +300,11 @@ class TrainingLoop:
     def _truncate_log(self, step: int):
         """On resume, drop log rows written after the checkpoint (they will be produced again)."""
         if self.is_main and self.log_path.exists():
-            rows = [line for line in self.log_path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= step]
-            self.log_path.write_text("".join(r + "\n" for r in rows))
+            self._write_log([row for row in self.read_log() if row.get("step", 0) <= step])
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save_checkpoint(self):
+        self._check_weights_finite()
         acc = self.accelerator
         tmp = tmp_dir_for(self.ckpt_root, self.step)
         if self.is_main:
@@ -227,7 +317,8 @@ class TrainingLoop:
                 save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / f"ema_{name}.safetensors"))
             for name, module in self.extra_state.items():
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes}))
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes,
+                                                                "mixed_precision_ran": self.mixed_precision}))
             (tmp / "config.json").write_text(json.dumps(self.config_dict, indent=1, default=str))
         acc.wait_for_everyone()
         if self.is_main:
@@ -268,17 +359,56 @@ class TrainingLoop:
             return
         saved = _flat(json.loads(saved_path.read_text()))
         now = _flat(json.loads(json.dumps(self.config_dict, default=str)))
-        diffs = [f"{k}: {saved.get(k, '(absent)')} → {now.get(k, '(absent)')}" for k in sorted(set(saved) | set(now))
+        for key in [k for k in now if k.startswith(FINGERPRINTS) and k not in saved]:  # written before fingerprints
+            print(f"warning: {folder} has no content fingerprint of {key.removeprefix(FINGERPRINTS)}; cannot check "
+                  "that it is unchanged", file=sys.stderr)
+            saved[key] = now[key]
+        diffs = [_describe_difference(k, saved.get(k, "(absent)"), now.get(k, "(absent)"))
+                 for k in sorted(set(saved) | set(now))
                  if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
         if diffs:
             raise CheckpointError(f"cannot resume {folder}: the config differs from the one it was written with "
                                   f"({'; '.join(diffs)}). Restore these values, or start a new run in another "
                                   "run.output_dir")
 
+    def register_fingerprint(self, key: str, path):
+        """Record the content fingerprint of the file or folder a config entry ``key`` names (e.g. a teacher folder):
+        a resume then refuses to continue if that content changed, not only if the path did."""
+        self.config_dict.setdefault(FINGERPRINTS.rstrip("."), {})[key] = folder_fingerprint(path)
+
+    def sample_shape(self) -> tuple | None:
+        """One training sample's shape, for the memory estimate before the first step; trainers with a data source
+        (``self.source``) have it there."""
+        source = getattr(self, "source", None)
+        return tuple(source.shape) if source is not None and hasattr(source, "shape") else None
+
+    def _check_batch_fits(self):
+        """Refuse a batch that cannot fit, with the figure, before the first step allocates it. A lower bound: x₀,
+        noise, x_σ and the network output (4 batch-sized tensors) plus the widest activation a backward pass keeps."""
+        shape = self.sample_shape()
+        if not shape:
+            return
+        networks = [self.accelerator.unwrap_model(m) for m in self.accelerator._models]
+        per_sample = 4 * math.prod(shape) + max((_widest_activation(m, shape) for m in networks), default=0)
+        check_allocation(f"run.batch_size={self.run.batch_size} of samples shaped {list(shape)}",
+                         self.run.batch_size * per_sample * 4, self.accelerator.device,
+                         "lower run.batch_size" + (" or data.image_size" if len(shape) > 1 else ""))
+
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _fit(self) -> dict:
         run = self.run
-        if run.resume:
+        self._check_batch_fits()
+        if run.resume and self.restart_from_scratch:
+            self._truncate_log(0)
+        elif run.resume:
             self.load_checkpoint()
             if self.is_main:
                 print(f"resumed from step {self.step} ({self.ckpt_root})")
@@ -311,6 +441,27 @@ class TrainingLoop:
         if run.trackers:
             self.accelerator.end_training()
         return summary
+
+
+def _widest_activation(module: torch.nn.Module, shape: tuple) -> int:
+    """Elements per sample of the widest layer output that is certainly computed: the widest linear layer, and for
+    images the first convolution, which runs at the input resolution."""
+    widths = [m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    first_conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if first_conv is not None and len(shape) == 3:
+        widths.append(first_conv.out_channels * shape[1] * shape[2])
+    return max(widths, default=0)
+
+
+def _holds_run(out: Path) -> bool:
+    return out.is_dir() and any((out / name).exists() for name in ("checkpoints", "metrics.jsonl", "pipeline"))
+
+
+def _describe_difference(key: str, saved, now) -> str:
+    if key.startswith(FINGERPRINTS):
+        return (f"the content of {key.removeprefix(FINGERPRINTS)} changed since the checkpoint was written "
+                f"(fingerprint {str(saved)[:12]}… → {str(now)[:12]}…)")
+    return f"{key}: {saved} → {now}"
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
