@@ -873,6 +873,27 @@ def bench_memory(args) -> str:
     return module.run(args)
 
 
+def eval_module(name: str):
+    """eval/<name>.py, a benchmark in its own module (eval/ is not a package); its ``run(args, bench)`` gets this
+    module for the shared table helpers."""
+    spec = importlib.util.spec_from_file_location(f"gendiv_eval_{name}", ROOT / "eval" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@benchmark("guidance_gradient")
+def bench_guidance_gradient(args) -> str:
+    """Classifier and training-free guidance (DPS, FreeDoM, MPGD, TFG) on the exact suite and digits."""
+    return eval_module("guidance_gradient").run(args, sys.modules[__name__])
+
+
+@benchmark("guidance_cfg_aware")
+def bench_guidance_cfg_aware(args) -> str:
+    """CFG-aware training vs plain label dropout on the exact suite across CFG scales."""
+    return eval_module("guidance_cfg_aware").run(args, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------------------------------------------------
 def update_readme(name: str, markdown: str, readme: Path = ROOT / "README.md"):
     text = readme.read_text()
@@ -895,6 +916,8 @@ def main(argv=None):
     p.add_argument("--rows", default="", help="toy_methods: rerun only rows whose label contains one of these "
                    "comma-separated strings, keeping the others from the last run")
     p.add_argument("--image-steps", type=int, default=4000, help="training steps per image model (reflected_fid)")
+    p.add_argument("--guidance-steps", type=int, default=1500, help="training steps per model (guidance_gradient's "
+                   "digits denoiser, guidance_cfg_aware)")
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
