@@ -41,6 +41,12 @@ class FewStepSection(Options):
         return [float(sigma_init), *map(float, rest)]
 
 
+class FourStepSection(FewStepSection):
+    """A few-step section whose default is DMD2's four passes."""
+
+    steps: int = Field(4, ge=1)
+
+
 def renoise(x: torch.Tensor, sigma: float, generator: torch.Generator | None) -> torch.Tensor:
     return x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
@@ -115,12 +121,12 @@ class FewStepDistributionMatching(MultiStepSampling):
 
 class DMDFewStepOptions(DMDOptions):
     name: Literal["dmd_few_step"] = "dmd_few_step"
-    few_step: FewStepSection = Field(default_factory=lambda: FewStepSection(steps=4))
+    few_step: FourStepSection = Field(default_factory=FourStepSection)
 
 
 class DMD2FewStepOptions(DMD2Options):
     name: Literal["dmd2_few_step"] = "dmd2_few_step"
-    few_step: FewStepSection = Field(default_factory=lambda: FewStepSection(steps=4))
+    few_step: FourStepSection = Field(default_factory=FourStepSection)
 
 
 class DMDFewStep(FewStepDistributionMatching, DMD):
