@@ -49,7 +49,7 @@ def surrogate_loss(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def pseudo_huber(x: torch.Tensor, y: torch.Tensor, c: float) -> torch.Tensor:
     """Per sample √(‖x − y‖² + c²) − c (iCT, Song & Dhariwal 2023, §3.3): L2-like near 0, L1-like far away."""
     sq = (x.float() - y.float()).flatten(1).pow(2).sum(1)
-    return (sq + c * c).sqrt() - c
+    return sq / ((sq + c * c).sqrt() + c)  # = √(sq + c²) − c without cancellation when sq ≪ c² (float32)
 
 
 def score_difference_step(x, teacher, fake, sigma, cond=None, discriminator=None, gan_grad: bool = False,
