@@ -1,6 +1,7 @@
-"""Time-step guidance (TSG, Sadat et al. 2024; methods.md §5): the negative pass perturbs the time-step *embedding*,
-t_emb + κ·t^α·n with t = σ/(1 + σ) ∈ (0, 1), and D_s = D(t̂) + s·(D(t) − D(t̂)). It needs no condition, so it guides
-unconditional models too. The paper's exact κ, α and layer are not confirmed (methods.md); the perturbation is added
+"""Time-step guidance (TSG, Sadat et al. 2024; docs/guidance.md §5): the negative pass perturbs the time-step
+*embedding*, e + κ·t^α·n with t = σ/(1 + σ) ∈ (0, 1), and D_s = D(ê) + s·(D(e) − D(ê)). It needs no condition, so it
+guides unconditional models too. The paper's exact κ, α, time parameterisation and layer could not be confirmed; the
+choices made here, and what they mean to first order, are derived in docs/guidance.md §5. The perturbation is added
 to the output of the UNet's ``time_embedding`` module, the hook point diffusers UNets share.
 """
 from __future__ import annotations
