@@ -31,6 +31,26 @@ def _files(tmp: Path):
 
     OneStepPipeline(student=OneStepGenerator.from_denoiser(MLPDenoiser(dim=2, hidden=8, depth=1))).save_pretrained(
         str(tmp / "onestep"))
+    _issue21_files(tmp)
+
+
+def _issue21_files(tmp: Path):
+    """Inputs of issue 21: arrays outside their declared range, damaged archives, folders gendiv cannot sample."""
+    np.savez(tmp / "int64.npz", images=np.full((4, 8, 8), 300, np.int64))
+    np.savez(tmp / "nan_fid.npz", images=np.where(np.eye(8, dtype=bool), np.nan, 0.5)[None].repeat(4, 0))
+    np.save(tmp / "array.npy", np.zeros((4, 8, 8), np.uint8))
+    (tmp / "corrupt.npz").write_bytes(np.load.__doc__.encode()[:500])
+    np.savez(tmp / "stats.npz", mu=np.zeros(4), sigma=np.eye(4))
+    np.savez(tmp / "points.npz", samples=np.zeros((4, 2), np.float32), value_range=np.array([np.nan, np.nan]))
+    for name, index in (("ldm", {"_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"],
+                                 "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}),
+                        ("dit", {"_class_name": "DiTPipeline", "transformer": ["diffusers", "DiTTransformer2DModel"],
+                                 "vae": ["diffusers", "AutoencoderKL"], "scheduler": ["diffusers", "DDIMScheduler"]})):
+        (tmp / name).mkdir()
+        (tmp / name / "model_index.json").write_text(json.dumps(index))
+    (tmp / "broken_index").mkdir()
+    (tmp / "broken_index" / "model_index.json").write_text('{"_class_name": ')
+    (tmp / "out").mkdir()
 
 
 # (case, argv, pattern of the one-line error). ``{t}`` is the test's folder.
@@ -70,7 +90,7 @@ CLI_CASES = [
     ("sigma kind", DISTILL + ["sigma_generator.kind=weird"], r"sigma kind must be auto or one of"),
     ("sigma index range", DISTILL + ["sigma_fake.min_index=900", "sigma_fake.max_index=100"], r"min_index ≤ max_index"),
     ("sigma_init", DISTILL + ["student.sigma_init=-1"], r"student\.sigma_init must be > 0"),
-    ("guidance nan", DISTILL + ["teacher.guidance_scale=.nan"], r"teacher\.guidance_scale must be finite"),
+    ("guidance nan", DISTILL + ["teacher.guidance_scale=.nan"], r"teacher\.guidance_scale must be (a )?finite"),
     ("teacher source", DISTILL + ["teacher.source=hub:edm"], r"unknown teacher source 'hub:edm'"),
     ("one-step as teacher", DISTILL + ["teacher.source=pipeline:{t}/onestep", "data.source=toy:ring8_imbalanced"],
      r"is a one-step student \(OneStepPipeline\), not a multi-step teacher"),
@@ -125,6 +145,63 @@ CLI_CASES = [
     ("stats without sigma", ["fid", "{t}/imgs.npz", "{t}/nosigma.npz", "--inception-weights", "{t}/garbage.pt"],
      r"(nosigma\.npz is not a statistics file \(needs 'mu' and 'sigma'|cannot read Inception weights)"),
 ]
+
+# issue 21: values that passed validation and failed later, sizes, FID inputs, arguments checked late
+FID = ["fid", "{t}/imgs.npz"]
+CLI_CASES += [
+    ("lr inf", TRAIN + ["optim.lr=.inf"], r"optim\.lr must be a finite number, got inf"),
+    ("lr nan", TRAIN + ["optim.lr=.nan"], r"optim\.lr must be a finite number, got nan"),
+    ("sigma_init inf", DISTILL + ["student.sigma_init=.inf"], r"student\.sigma_init must be a finite number, got inf"),
+    ("grad clip inf", TRAIN + ["run.grad_clip=.inf"], r"run\.grad_clip must be a finite number"),
+    ("seed -1", TRAIN + ["run.seed=-1"], r"run\.seed must be in \[0, 2³² − 1\].*got -1"),
+    ("seed 2**32", TRAIN + ["run.seed=4294967296"], r"run\.seed must be in \[0, 2³² − 1\]"),
+    ("batch 10**9", TRAIN + ["run.batch_size=1000000000"],
+     r"run\.batch_size=1000000000 of samples shaped \[2\] needs at least [\d,.]+ GiB of memory, more than this machine's"),
+    ("image_size 100000", TRAIN + ["data.source=digits", "data.image_size=100000"],
+     r"data\.image_size=100000 for 1797 images of 1 channel\(s\) needs at least [\d,.]+ GiB"),
+    ("norm groups 0", TRAIN + ["model.norm_num_groups=0"], r"model\.norm_num_groups must be ≥ 1, got 0"),
+    (".npy as npz: data", TRAIN + ["data.source=npz:{t}/array.npy"],
+     r"array\.npy is a single \.npy array, not an \.npz archive"),
+    ("corrupt npz: data", TRAIN + ["data.source=npz:{t}/corrupt.npz"], r"cannot read .*corrupt\.npz as an \.npz archive"),
+    ("fid: missing GEN before REF features", ["fid", "{t}/nope", "dataset:mnist"], r"GEN not found: .*nope"),
+    ("fid: missing REF", FID + ["{t}/nope"], r"REF not found: .*nope"),
+    ("fid: corrupt npz", ["fid", "{t}/corrupt.npz", "{t}/imgs.npz"], r"cannot read .*corrupt\.npz as an \.npz archive"),
+    ("fid: .npy", ["fid", "{t}/array.npy", "{t}/imgs.npz"], r"array\.npy is a single \.npy array"),
+    ("fid: float 0-255", ["fid", "{t}/u255.npz", "{t}/imgs.npz"],
+     r"values span 200\.\.200, outside the declared range \[-1, 1\].*--float-range"),
+    ("fid: float 0-255 as 0,1", ["fid", "{t}/u255.npz", "{t}/imgs.npz", "--float-range", "0,1"],
+     r"outside the declared range \[0, 1\]"),
+    ("fid: int64 above 255", ["fid", "{t}/int64.npz", "{t}/imgs.npz"],
+     r"values span 300\.\.300, outside the declared range \[0, 255\]"),
+    ("fid: NaN", ["fid", "{t}/nan_fid.npz", "{t}/imgs.npz"], r"4 of 4 images hold NaN or Inf values \(first: index 0\)"),
+    ("fid: points", ["fid", "{t}/points.npz", "{t}/imgs.npz"], r"value_range \[nan, nan\] does not declare an image range"),
+    ("fid: --json a folder", FID + ["{t}/imgs.npz", "--json", "{t}/out"], r"out is a folder; --json must name a file"),
+    ("fid: --json exists", FID + ["{t}/imgs.npz", "--json", "{t}/imgs.npz"],
+     r"imgs\.npz already exists; pass --overwrite to replace it"),
+    ("fid: --kid with statistics", FID + ["{t}/stats.npz", "--kid"], r"KID and precision/recall need reference images"),
+    ("fid: FID∞ too few", FID + ["{t}/imgs.npz", "--fid-infinity"],
+     r"FID∞ needs at least --fid-inf-min=5000 generated images; GEN .*imgs\.npz gives 4"),
+    ("fid: --kid on clean-fid", FID + ["{t}/imgs.npz", "--backend", "clean-fid", "--kid"],
+     r"--kid: only the gendiv back end computes these"),
+    ("fid: statistics as GEN", ["fid", "{t}/stats.npz", "{t}/imgs.npz"], r"a statistics file can only be REF"),
+    ("fid: LDM (VQ-VAE) folder", ["fid", "{t}/ldm", "{t}/imgs.npz", "--num-samples", "4"],
+     r"ldm is a LDMPipeline \(latent, text-conditioned or transformer model\), which gendiv cannot use for FID"),
+    ("fid: pipeline without --num-samples", ["fid", "{t}/onestep", "{t}/imgs.npz"],
+     r"is a pipeline: give the number of samples to generate \(--num-samples\)"),
+    ("fid: point pipeline", ["fid", "{t}/onestep", "{t}/imgs.npz", "--num-samples", "4"],
+     r"generates points of shape \(2,\), not images"),
+    ("sample: LDM (VQ-VAE) folder", ["sample", "--pipeline", "{t}/ldm"],
+     r"is a LDMPipeline \(latent, text-conditioned or transformer model\), which gendiv cannot use for gendiv sample"),
+    ("sample: DiT folder", ["sample", "--pipeline", "{t}/dit"], r"is a DiTPipeline \(latent, text-conditioned"),
+    ("sample: broken model_index", ["sample", "--pipeline", "{t}/broken_index"], r"model_index\.json is not valid JSON"),
+    ("sample: --prompt on a class model", ["sample", "--pipeline", "{t}/onestep", "--prompt", "a cat"],
+     r"--prompt is for text-to-image pipelines"),
+    ("fid-stats: --out exists", ["fid-stats", "{t}/imgs.npz", "--out", "{t}/stats.npz"],
+     r"stats\.npz already exists; pass --overwrite"),
+]
+if not torch.cuda.is_available():
+    CLI_CASES.append(("fp16 on a CPU", TRAIN + ["run.mixed_precision=fp16"],
+                      r"run\.mixed_precision=fp16 needs a CUDA GPU; this machine has none"))
 
 
 @pytest.mark.parametrize("case, argv, pattern", CLI_CASES, ids=[c[0] for c in CLI_CASES])

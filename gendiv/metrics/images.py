@@ -1,6 +1,7 @@
 """Image sets for evaluation, as lists of uint8 [H, W, 3] arrays: folders, .npz, packaged datasets, saved pipelines."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -147,7 +148,8 @@ def load_sampling_pipeline(path: str | Path, purpose: str):
         raise InputError(f"{index_file} is not valid JSON ({e})") from None
     name = saved_class_name(index) or "?"
     if name in GENDIV_PIPELINES:
-        pipe = load_pipeline(path)
+        with _quiet_loading():
+            pipe = load_pipeline(path)
     elif any(k in index for k in ("vae", "vqvae", "text_encoder", "transformer")):
         raise InputError(f"{path} is a {name} (latent, text-conditioned or transformer model), which gendiv cannot "
                          f"use for {purpose}: it samples gendiv's pipelines and pixel-space diffusers pipelines (a unet "
@@ -158,6 +160,20 @@ def load_sampling_pipeline(path: str | Path, purpose: str):
         pipe = GenDivPipeline.from_denoiser(denoiser_from_pipeline_folder(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe, name
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No "Loading pipeline components" bar from diffusers: the command's output stays its own."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
 
 
 def check_pipeline_images(path: str | Path):
