@@ -729,7 +729,9 @@ def bench_guidance(args) -> str:
     σ-interval guidance on the CFG model. Mean ± std over ``--seeds`` trainings."""
     from gendiv import GenDivPipeline
     from gendiv.condition import Condition, with_guidance_scale
-    from gendiv.guidance import ClassifierFreeGuidance, IndependentConditionGuidance, IntervalGuidance
+    from gendiv.guidance import (ClassifierFreeGuidedDenoiser as ClassifierFreeGuidance,
+                                 IndependentConditionGuidedDenoiser as IndependentConditionGuidance,
+                                 SigmaIntervalGuidedDenoiser as IntervalGuidance)
     from gendiv.sampling import sample
     from gendiv.toy import AnalyticDenoiser, get_distribution, sliced_wasserstein2
 
