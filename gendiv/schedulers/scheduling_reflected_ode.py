@@ -10,19 +10,25 @@ from .box_scheduler import BoxSchedulerMixin
 
 
 class ReflectedODEScheduler(BoxSchedulerMixin, SchedulerMixin, ConfigMixin):
-    """Euler on dx = −½ s·m(x) d(σ²), m the mollifier that vanishes at the walls (methods.md §4), then a final denoise.
+    """Euler on the probability flow dx = −½ s d(σ²) (methods.md §4), then a final denoise.
 
-    The exact p_σ satisfies the Neumann condition, so its flow is tangent to the walls and needs no reflection; the
-    mollifier guards against a learned score that is not zero there, and a fold catches the rare discretisation
-    overshoot so no sample ever leaves the box. The prior is uniform on the inner box [0.01, 0.99] (unit coordinates).
-    With s ≡ 0 the sampler is the identity.
+    The exact p_σ satisfies the Neumann condition, so its flow is tangent to the walls and needs no reflection; a fold
+    catches the rare discretisation overshoot so no sample ever leaves the box. The prior is uniform on the whole box
+    (the reflected kernel at σ_max = 5 is uniform to 1e-53). With the exact score the samples converge to the target
+    as steps grow (tests/test_reflected.py: KS 5e-3 at 300 steps, 6e-4 at 2000 on a cosine density). With s ≡ 0 the
+    sampler is the identity.
+
+    Two options of the reference code bias the result and are off by default: ``prior_margin`` draws the prior on the
+    inner box [m, 1 − m] (reference: 0.01), and ``mollifier_sharpness`` multiplies the drift by a bump m(x) that
+    vanishes at the walls (reference: 200), a guard against a learned score that pushes through them. Together they
+    stall the cosine target at KS 0.013 for any step count.
     """
 
     @register_to_config
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 5.0, box_low: float = 0.0, box_high: float = 1.0,
                  num_train_timesteps: int = 1000, prediction_type: str = "sample", final_denoise: bool = True,
-                 mollifier_sharpness: float = 200.0, prior_margin: float = 0.01):
-        if mollifier_sharpness <= 0 or not 0 <= prior_margin < 0.5:
+                 mollifier_sharpness: float | None = None, prior_margin: float = 0.0):
+        if (mollifier_sharpness is not None and mollifier_sharpness <= 0) or not 0 <= prior_margin < 0.5:
             raise ValueError(f"need mollifier_sharpness > 0 and prior_margin in [0, 0.5), got {mollifier_sharpness}, "
                              f"{prior_margin}")
         self._validate_config(sigma_min, sigma_max, box_low, box_high, num_train_timesteps, prediction_type)
@@ -34,5 +40,6 @@ class ReflectedODEScheduler(BoxSchedulerMixin, SchedulerMixin, ConfigMixin):
         return self.box.uniform(shape, generator, device, dtype, margin=self.config.prior_margin)
 
     def _transition(self, x, score, sigma, sigma_next, generator):
-        drift = score * mollifier(x, self.box, self.config.mollifier_sharpness)
+        sharpness = self.config.mollifier_sharpness
+        drift = score if sharpness is None else score * mollifier(x, self.box, sharpness)
         return self.project(x + 0.5 * (sigma**2 - sigma_next**2) * drift)
