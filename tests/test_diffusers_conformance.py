@@ -272,3 +272,24 @@ def test_folders_saved_with_a_plain_class_name_still_load(pipes, tmp_path):
     (tmp_path / "old" / "model_index.json").write_text(json.dumps({**index, "_class_name": "GenDivPipeline"}))
     (tmp_path / "old" / "gendiv_pipeline.py").unlink()
     assert isinstance(load_pipeline(tmp_path / "old"), GenDivPipeline)
+
+
+@pytest.mark.parametrize("name", ["GenDivPipeline", "ReflectedDiffusionPipeline"])
+def test_guiders_round_trip_and_sample_the_same(pipes, name, tmp_path):
+    """A gendiv guider through guider_config.json and a diffusers-form guider through ``from_config(g.config)`` keep
+    every setting, so the pipeline samples the same with the reloaded guider."""
+    from gendiv.guidance import ClassifierFreeGuidedDenoiser, SigmaIntervalGuidedDenoiser, SigmaIntervalGuider
+
+    pipe = pipes[name]
+    kwargs = {**batch_call(name, 2), "class_labels": [0, 2]}
+    ours = SigmaIntervalGuidedDenoiser(ClassifierFreeGuidedDenoiser(pipe.denoiser, 2.5), 0.1, 3.0)
+    ours.save_pretrained(tmp_path / "ours")
+    timestep_format = "sigma" if name == "ReflectedDiffusionPipeline" else "edm"  # the box schedulers' t is σ
+    theirs = SigmaIntervalGuider(guidance_scale=3.5, sigma_lo=0.2, sigma_hi=2.0, guidance_rescale=0.3,
+                                 timestep_format=timestep_format)
+    reloaded_theirs = SigmaIntervalGuider.from_config(theirs.config)
+    assert dict(reloaded_theirs.config) == dict(theirs.config)
+    for guider, reloaded in ((ours, type(ours).from_pretrained(tmp_path / "ours", pipe.denoiser)),
+                             (theirs, reloaded_theirs)):
+        torch.testing.assert_close(images(pipe, guider=reloaded, generator=gens(0, 1), **kwargs),
+                                   images(pipe, guider=guider, generator=gens(0, 1), **kwargs), atol=0, rtol=0)
