@@ -53,6 +53,13 @@ def test_views_share_one_base_and_see_only_their_adapter(sd_folder):
         torch.testing.assert_close(fake(x, sigma, cond), ref)     # another adapter: untouched
         torch.testing.assert_close(student(x, sigma, cond), moved)
     assert all(p.requires_grad for p in student.parameters())
+    with torch.no_grad():  # an EMA adapter starts as the student; a view's state_dict restores its adapter in place
+        torch.testing.assert_close(shared.copy_adapter("student", "ema")(x, sigma, cond), moved)
+        saved = copy.deepcopy(student.state_dict())
+        perturb(student, seed=3)
+        student.load_state_dict(saved)
+        torch.testing.assert_close(student(x, sigma, cond), moved)
+    assert shared.score_network().adapter == "score" and shared.score_network().adapter == "score_1"
     with pytest.raises(ValueError, match="lora rank must be a positive integer"):
         LoraSpec(rank=0)
 

@@ -88,6 +88,24 @@ class SharedLora:
                 view.requires_grad_(True)
         return self._views[name]
 
+    def student(self, sigma_init: float, name: str = "student") -> "LoraOneStepGenerator":
+        """The one-step generator G(z) = D_student(σ_init·z, σ_init) on adapter ``name``."""
+        return LoraOneStepGenerator(self.view(name), sigma_init)
+
+    def score_network(self) -> "AdapterView":
+        """A fresh adapter for another trained score network (fake score, ...): ``score``, ``score_1``, ..."""
+        taken = sum(1 for n in self._views if n is not None and n.startswith("score"))
+        return self.view("score" if taken == 0 else f"score_{taken}")
+
+    def copy_adapter(self, source: str, target: str) -> "AdapterView":
+        """Adapter ``target`` (added if new) set equal to ``source``: an EMA of the student without a second base."""
+        view = self.view(target)
+        src = self.view(source).lora
+        with torch.no_grad():
+            for key, p in view.lora.items():
+                p.copy_(src[key.replace(f"/{target}/", f"/{source}/")])
+        return view
+
     def adapter_parameters(self, name: str) -> dict[str, nn.Parameter]:
         marker = f".{name}."
         return {key.replace(".", "/"): p for key, p in self.net.named_parameters() if marker in key}
