@@ -265,6 +265,15 @@ PIPELINE_CASES = [
      r"latents hold NaN or Inf"),
     ("latents shape", _edm_pipe, {"batch_size": 2, "latents": torch.zeros(3, 2)}, r"latents must have shape \(2, 2\)"),
     ("pil for points", _one_step_pipe, {"batch_size": 2, "output_type": "pil"}, r"output_type='pil' needs image data"),
+    # issue 20: diffusers' arguments
+    ("generator list length", _one_step_pipe, {"batch_size": 3, "generator": [torch.Generator()] * 2},
+     r"generator list has 2 generators for a batch of 3"),
+    ("generator not a generator", _edm_pipe, {"batch_size": 1, "generator": 0}, r"generator must be a torch\.Generator"),
+    ("images per prompt 0", _edm_pipe, {"num_images_per_prompt": 0}, r"num_images_per_prompt must be a positive"),
+    ("callback tensor name", _edm_pipe, {"callback_on_step_end": lambda *a: {},
+                                         "callback_on_step_end_tensor_inputs": ["noise"]}, r"\['noise'\] are not tensors"),
+    ("callback returns None", _edm_pipe, {"num_inference_steps": 2, "callback_on_step_end": lambda *a: None},
+     r"callback_on_step_end must return a dict"),
 ]
 
 
