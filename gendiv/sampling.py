@@ -6,6 +6,7 @@ The last step always lands on σ = 0, so no residual noise is left in the sample
 from __future__ import annotations
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from .space import append_dims, karras_sigmas
@@ -52,9 +53,10 @@ SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
 
 def sample(denoiser, shape, num_steps: int = 18, sampler: str = "heun", cond=None, generator=None, device="cpu",
            sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, disable: bool = True):
-    """Draw samples from noise with a Karras grid. Heun with 18 steps is EDM's 35-NFE setting."""
+    """Draw samples from noise with a Karras grid. Heun with 18 steps is EDM's 35-NFE setting. ``generator``: one
+    torch.Generator or, as in diffusers, a list of one per sample."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho, device=device)
-    x = torch.randn(shape, generator=generator, device=device) * sigmas[0]
+    x = randn_tensor(tuple(shape), generator=generator, device=torch.device(device)) * sigmas[0]
     return SAMPLERS[sampler](denoiser, x, sigmas, cond=cond, disable=disable)

@@ -293,3 +293,11 @@ def test_guiders_round_trip_and_sample_the_same(pipes, name, tmp_path):
                              (theirs, reloaded_theirs)):
         torch.testing.assert_close(images(pipe, guider=reloaded, generator=gens(0, 1), **kwargs),
                                    images(pipe, guider=guider, generator=gens(0, 1), **kwargs), atol=0, rtol=0)
+
+
+def test_functional_sampler_takes_a_generator_list():
+    from gendiv.sampling import sample
+
+    den = MLPDenoiser(dim=2, hidden=8, depth=1)
+    batch = sample(den, (3, 2), num_steps=3, generator=gens(5, 6, 7))
+    torch.testing.assert_close(batch[1:2], sample(den, (1, 2), num_steps=3, generator=gens(6)[0]), atol=1e-6, rtol=0)
