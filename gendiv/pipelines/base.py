@@ -23,8 +23,7 @@ LOADER_MODULE = "gendiv_pipeline"
 LOADER_SOURCE = (
     '"""diffusers\' route to a gendiv pipeline: model_index.json names this file and the class, which comes from\n'
     'the installed gendiv package (DiffusionPipeline.from_pretrained(folder, trust_remote_code=True))."""\n'
-    "from gendiv.pipelines import (GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline,  # noqa: F401\n"
-    "                              ReflectedDiffusionPipeline)\n")
+    "from gendiv.pipelines import *  # noqa: F401,F403\n")
 
 
 def saved_class_name(index: dict) -> str | None:
