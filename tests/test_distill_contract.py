@@ -78,8 +78,8 @@ def test_a_new_method_trains_through_the_unchanged_trainer(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["regression_loss"] for r in rows if "regression_loss" in r]
     assert len(losses) == 4  # no warm-up: the student learns from step 1 (no auxiliary network to warm up)
-    # one student forward per step (trap: a G(z) drawn up front and never used), plus the final evaluation's
-    assert forwards[0] == 4 + 1
+    # one student forward per step (trap: a G(z) drawn up front and never used); evaluation uses the EMA copy
+    assert forwards[0] == 4
     # the method's frozen EMA target stayed frozen (trap: the trainer re-enabling gradients on every network)
     assert not any(p.requires_grad for p in trainer.method.target.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(target_before, trainer.method.target.parameters()))
@@ -232,7 +232,7 @@ def test_a_schedule_with_no_update_and_unknown_learning_rates_are_refused(tmp_pa
     finally:
         METHODS.pop("test_idle", None)
     with pytest.raises(ConfigError, match=r"optim\.lr\.critic: method f_distill has no network 'critic'"):
-        DistillTrainer(_cfg(tmp_path / "b", "optim.lr={critic: 1e-3}"))
+        DistillTrainer(_cfg(tmp_path / "b", "optim.lr={critic: 1e-3}", "method.fake_warmup_steps=1"))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -260,9 +260,57 @@ def test_uni_instruct_scaled_derivatives_stay_finite_where_h_double_prime_overfl
     for name in ("jensen_shannon", "forward_kl", "reverse_kl", "alpha:0.5"):  # against the closed forms' derivatives
         div = get_divergence(name)
         rr = torch.linspace(0.2, 5, 7, dtype=torch.float64).requires_grad_()
-        (d1,) = torch.autograd.grad(div.h(rr).sum(), rr, create_graph=True)
-        (d2,) = torch.autograd.grad(d1.sum(), rr)
+        (d1,) = torch.autograd.grad((div.h(rr) + 0 * rr).sum(), rr, create_graph=True)
+        (d2,) = torch.autograd.grad((d1 + 0 * rr).sum(), rr)
         h, rh1, r2h2 = h_derivatives(div, rr.detach())
         torch.testing.assert_close(rh1, rr.detach() * d1.detach())
         torch.testing.assert_close(r2h2, rr.detach() ** 2 * d2)
     assert math.isfinite(float(r2h2.sum()))
+
+
+# -------------------------------------------------------------------------------------------------
+# The teacher as methods see it: any guider from the config; a resume checks the teacher's content
+# -------------------------------------------------------------------------------------------------
+def test_teacher_guider_from_the_config_is_what_methods_call(tmp_path):
+    from gendiv.condition import Condition
+    from gendiv.guidance import ClassifierFreeGuidedDenoiser, SigmaIntervalGuidedDenoiser
+
+    guider = "{name: interval, sigma_lo: 0.5, sigma_hi: 5.0, guider: {name: cfg, guidance_scale: 3.0}}"
+    trainer = DistillTrainer(_cfg(tmp_path, "teacher.source=analytic:conditional2d", f"teacher.guider={guider}",
+                                  "method.name=dmd", "method.fake_warmup_steps=1"))
+    guided = trainer.guided_teacher
+    assert isinstance(guided, SigmaIntervalGuidedDenoiser)
+    x, cond = torch.randn(6, 2), Condition(class_labels=torch.tensor([0, 1, 2, 0, 1, 2]))
+    cfg3 = ClassifierFreeGuidedDenoiser(trainer.teacher, 3.0)
+    torch.testing.assert_close(guided(x, torch.full((6,), 1.0), cond), cfg3(x, torch.full((6,), 1.0), cond))
+    torch.testing.assert_close(guided(x, torch.full((6,), 20.0), cond), trainer.teacher(x, torch.full((6,), 20.0), cond))
+    assert not torch.allclose(cfg3(x, torch.full((6,), 1.0), cond), trainer.teacher(x, torch.full((6,), 1.0), cond))
+    trainer.fit()
+    with pytest.raises(ConfigError, match="teacher.guidance_scale and teacher.guider exclude each other"):
+        _cfg(tmp_path / "b", "teacher.guidance_scale=2", f"teacher.guider={guider}")
+    with pytest.raises(ConfigError, match=r"teacher\.guider\.name must be one of"):
+        DistillTrainer(_cfg(tmp_path / "c", "teacher.source=analytic:conditional2d", "teacher.guider={name: nope}",
+                            "method.fake_warmup_steps=1"))
+
+
+def test_resume_refuses_a_teacher_folder_retrained_in_place(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from gendiv.training import CheckpointError
+
+    def save_teacher(seed):
+        torch.manual_seed(seed)
+        unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                           down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                           norm_num_groups=4)
+        DDPMPipeline(unet=unet, scheduler=DDPMScheduler(clip_sample=False)).save_pretrained(tmp_path / "teacher")
+
+    save_teacher(0)
+    args = [f"teacher.source={tmp_path / 'teacher'}", "method.name=dmd", "method.fake_warmup_steps=0", "run.batch_size=2",
+            "run.steps=3", "run.checkpoint_every=1", "run.stop_after=1", "eval.num_samples=2"]
+    from gendiv.training import distill
+
+    distill(_cfg(tmp_path / "run", *args))
+    save_teacher(1)  # retrained in place: same path, other weights
+    with pytest.raises(CheckpointError, match="teacher.source"):
+        distill(_cfg(tmp_path / "run", *args, "run.resume=true"))

@@ -127,11 +127,14 @@ def _masked_mean(per_sample: torch.Tensor, metrics: dict) -> torch.Tensor:
 # -------------------------------------------------------------------------------------------------
 # Options and methods
 # -------------------------------------------------------------------------------------------------
-class SiDOptions(ScoreDifferenceOptions, KernelOptions):
-    name: Literal["sid"] = "sid"
-    alpha: float = Field(1.2, gt=0)    # SiD's α (1.2 default; 1.0 for AFHQ); α = ½ is the exact Fisher gradient
+class ScoreIdentityOptions(ScoreDifferenceOptions, KernelOptions):
     weighting: Literal["sid", "exact", "none"] = "sid"   # sid (1/mean|x − Dᵀ|) | exact (1/σ⁴) | none
     fused_backward: bool = True        # closed-form backward (compiled with kernel_backend=compile)
+
+
+class SiDOptions(ScoreIdentityOptions):
+    name: Literal["sid"] = "sid"
+    alpha: float = Field(1.2, gt=0)    # SiD's α (1.2 default; 1.0 for AFHQ); α = ½ is the exact Fisher gradient
 
 
 class SiDAOptions(SiDOptions):
@@ -177,7 +180,7 @@ class SiDA(SiD):
         return nets
 
 
-class UniInstructOptions(SiDOptions, DivergenceOptions):
+class UniInstructOptions(ScoreIdentityOptions, DivergenceOptions):  # α is per sample (α*), not an option
     name: Literal["uni_instruct"] = "uni_instruct"
     gan: EncoderGANSection = Field(default_factory=EncoderGANSection)
     divergence: Divergence = "forward_kl"

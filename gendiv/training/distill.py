@@ -19,7 +19,7 @@ from ..condition import Condition
 from ..distill import STUDENT, MethodOptions, MethodSetup, NetworkFactory, SigmaSampler, StepDraws, method_class
 from ..distill.f_distill import FDistillOptions
 from ..distill.options import AutoSigma, LogNormalSigma
-from ..guidance import ClassifierFreeGuidance
+from ..guidance import ClassifierFreeGuidedDenoiser, guider_from_config
 from ..models import DiscriminatorHead, OneStepGenerator
 from ..models.latent_text import is_text_pipeline_folder
 from ..models.teachers import load_teacher
@@ -39,10 +39,15 @@ from .loop import RunConfig, TrainingLoop
 class TeacherConfig:
     source: str = "analytic:ring8_imbalanced"  # analytic:<toy> | pipeline:<folder> | <folder> | none (SMT); folders: gendiv or diffusers pipelines
     guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers; text: the "" prompt is the null)
+    guider: dict = field(default_factory=dict)  # any guider instead: {name: interval, sigma_lo: .., guider: {name: cfg, ..}}
     prompts: str | list = ""                   # text-conditioned teachers: a .txt file (one prompt per line) or a list
 
     def __post_init__(self):
         check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
+        check(not (self.guider and self.guidance_scale != 1.0), "teacher.guidance_scale and teacher.guider exclude "
+              "each other: give the scale inside the guider (teacher.guider={name: cfg, guidance_scale: 2})")
+        check(not self.guider or isinstance(self.guider.get("name"), str),
+              f"teacher.guider needs a name (cfg, interval, icg, tsg, autoguidance, ...), got {self.guider!r}")
         kind = self.source.partition(":")[0]
         check(kind in ("analytic", "pipeline") or self.source == "none" or Path(self.source).is_dir(),
               f"teacher.source: unknown teacher source {self.source!r} (not a folder either); use analytic:<toy name>, pipeline:<folder> "
@@ -87,6 +92,11 @@ class DistillOptimConfig:
     ema_decay: float = 0.99
 
     def __post_init__(self):
+        for name, value in self.lr.items():
+            try:
+                self.lr[name] = float(value)  # YAML reads 1e-3 (no dot) as text
+            except (TypeError, ValueError):
+                raise ConfigError(f"optim.lr.{name}: expected a number, got {value!r}") from None
         check_optimizer("optim", [("lr_generator", self.lr_generator), ("lr_fake", self.lr_fake),
                                   ("lr_discriminator", self.lr_discriminator),
                                   *[(f"lr.{k}", v) for k, v in self.lr.items()]],
@@ -179,6 +189,9 @@ class DistillTrainer(TrainingLoop):
         self.cfg = cfg
         acc = self.accelerator
         teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source)
+        folder = cfg.teacher.source.removeprefix("pipeline:")
+        if Path(folder).is_dir():  # a resume refuses a teacher folder retrained or replaced in place
+            self.register_fingerprint("teacher.source", folder)
         self._set_up_condition_and_data(teacher, default_data)
         self.sigma_samplers = {"generator": cfg.sigma_generator if cfg.sigma_generator.kind != "auto"
                                else method.default_sigma_generator,
@@ -195,7 +208,7 @@ class DistillTrainer(TrainingLoop):
                 and self.text_teacher is None:
             raise ConfigError(f"teacher.guidance_scale={cfg.teacher.guidance_scale} needs a class-conditional teacher and "
                               "data (CFG guides against the null class); this teacher is unconditional")
-        self.guided_teacher = None if teacher is None else ClassifierFreeGuidance(self.teacher, cfg.teacher.guidance_scale)
+        self.guided_teacher = None if teacher is None else self._guided(self.teacher)
         self._prepare_networks({STUDENT: student, **nets})
         self.ema_generator = self.add_ema(STUDENT, self.nets[STUDENT], cfg.optim.ema_decay)
         for name, module in method.state_modules().items():
@@ -235,6 +248,16 @@ class DistillTrainer(TrainingLoop):
         else:  # data-free: the teacher's space is the only thing the run needs to know
             self.source = TeacherSpaceSource(sample_shape(teacher, 1)[1:], teacher.config.get("num_classes"),
                                              is_image=len(sample_shape(teacher, 1)) == 4, method=method.name)
+
+    def _guided(self, teacher):
+        """The teacher as the method sees it: CFG at teacher.guidance_scale, or any guider of teacher.guider."""
+        guider = self.cfg.teacher.guider
+        if not guider:
+            return ClassifierFreeGuidedDenoiser(teacher, self.cfg.teacher.guidance_scale)
+        if self.source.num_classes is None and self.text_teacher is None and guider["name"] not in ("tsg", "autoguidance"):
+            raise ConfigError(f"teacher.guider {guider['name']!r} guides against a condition; this teacher is "
+                              "unconditional (tsg and autoguidance need no condition)")
+        return guider_from_config(guider, teacher, "teacher.guider").to(self.accelerator.device).eval().requires_grad_(False)
 
     def _prepare_networks(self, modules: dict):
         """One optimiser per network with trainable parameters; everything through ``accelerator.prepare``."""
