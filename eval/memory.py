@@ -183,4 +183,5 @@ if __name__ == "__main__":
         sys.path.insert(0, str(ROOT))
         print(json.dumps(worker(sys.argv[2], int(sys.argv[3]))))
     else:
-        sys.exit("usage: python eval/memory.py worker <full|lora|lora+ckpt> <seed>; tables: python eval/bench.py memory")
+        sys.exit("usage: python eval/memory.py worker <full|lora|lora+ckpt> <seed>; "
+                 "tables: python eval/bench.py memory")

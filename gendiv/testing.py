@@ -55,8 +55,8 @@ def tiny_t5_tokenizer():
 def _tiny_clip(tokenizer, width: int, with_projection: bool = False, projection_dim: int = 16):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=0,
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, bos_token_id=0,
                             eos_token_id=1, pad_token_id=1, projection_dim=projection_dim)
     return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
@@ -134,7 +134,8 @@ def tiny_sd3_pipeline(seed: int = 0):
     t5_tokenizer = tiny_t5_tokenizer()
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
                                         attention_head_dim=8, num_attention_heads=2, joint_attention_dim=2 * width,
-                                        caption_projection_dim=16, pooled_projection_dim=2 * width, pos_embed_max_size=8)
+                                        caption_projection_dim=16, pooled_projection_dim=2 * width,
+                                        pos_embed_max_size=8)
     return StableDiffusion3Pipeline(
         transformer=_perturbed(transformer), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_tiny_vae(scaling_factor=1.5035, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
@@ -153,9 +154,9 @@ def tiny_pixart_pipeline(seed: int = 0):
     tokenizer = tiny_t5_tokenizer()
     transformer = PixArtTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
                                            num_attention_heads=2, caption_channels=32, in_channels=4, out_channels=8,
-                                           cross_attention_dim=16, num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-                                           norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True,
-                                           activation_fn="gelu-approximate")
+                                           cross_attention_dim=16, num_embeds_ada_norm=1000,
+                                           norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                                           attention_bias=True, activation_fn="gelu-approximate")
     return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=_tiny_t5(tokenizer, 32), vae=_tiny_vae(),
                                transformer=_perturbed(transformer), scheduler=DDIMScheduler(clip_sample=False))
 

@@ -62,7 +62,8 @@ def test_clipping_passes_the_gradient_straight_through():
 
 def test_learned_variance_ddpm_is_refused(tmp_path):
     folder = tmp_path / "learned"
-    DDPMPipeline(unet=tiny_unet(out_channels=2), scheduler=DDPMScheduler(variance_type="learned_range")).save_pretrained(folder)
+    learned = DDPMScheduler(variance_type="learned_range")
+    DDPMPipeline(unet=tiny_unet(out_channels=2), scheduler=learned).save_pretrained(folder)
     with pytest.raises(ValueError, match=r"learned.*learned-variance DDPM.*learned_range.*out_channels=2"):
         load_teacher(str(folder))
 

@@ -154,7 +154,8 @@ class SharedLora:
 
         state = get_peft_model_state_dict(self.net, adapter_name=name)
         metadata = self.net.peft_config[name].to_dict()
-        prefix = "unet" if hasattr(self.denoiser, "unet") or self.denoiser.config.get("family") == "sdxl" else "transformer"
+        is_unet = hasattr(self.denoiser, "unet") or self.denoiser.config.get("family") == "sdxl"
+        prefix = "unet" if is_unet else "transformer"
         pipeline_class.save_lora_weights(str(folder), **{f"{prefix}_lora_layers": state,
                                                          f"{prefix}_lora_adapter_metadata": metadata})
 

@@ -143,14 +143,14 @@ class PipelineDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         batch, dtype = net_input.shape[0], self.dtype
         t = net_time.to(dtype).expand(batch)
         family = self.config.family
+        self._features = None
         if family == "dit":
-            kwargs = {"class_labels": self.class_index(cond, batch, net_input.device)}
-            out = self.net(net_input, timestep=t, return_dict=False, **kwargs)[0]
+            labels = self.class_index(cond, batch, net_input.device)
+            out = self.net(net_input, timestep=t, class_labels=labels, return_dict=False)[0]
         else:
             tokens, extras = unpack_text(self.text_states(cond, batch, net_input.device).to(dtype),
                                          self.config.text_parts or [])
             out = getattr(self, f"_call_{family}")(net_input, t, tokens, extras)
-        self._features = None if not want_features else self._features
         feats, self._features = self._features, None
         if out.shape[1] == 2 * net_input.shape[1]:  # learned sigma: the pipelines keep the first half only
             out = out[:, : net_input.shape[1]]

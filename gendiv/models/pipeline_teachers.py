@@ -104,8 +104,8 @@ def pipeline_teacher_from_folder(path, index: dict) -> PipelineTeacher:
     component = NETWORK[family]
     library, class_name = index[component]
     if class_name != FAMILIES[family]:
-        raise ValueError(f"{path}: {kind}'s {component} is {library}.{class_name}; gendiv calls {kind} networks of class "
-                         f"{FAMILIES[family]}")
+        raise ValueError(f"{path}: {kind}'s {component} is {library}.{class_name}; gendiv calls {kind} networks "
+                         f"of class {FAMILIES[family]}")
     net = getattr(diffusers, class_name).from_pretrained(path / component)
     pipeline = getattr(diffusers, kind).from_pretrained(path, **{component: None})
     for module in pipeline.components.values():

@@ -64,8 +64,8 @@ def _teacher_from_folder(path: Path, null_class: int | None):
         return teacher.denoiser, "", (None if teacher.family == "dit" else teacher)
     if "transformer" in index:
         library, network = index["transformer"]
-        raise ValueError(f"{path}: {class_name} has a transformer component {library}.{network}, whose call gendiv does "
-                         f"not know; gendiv reads the transformers of {', '.join(sorted(PIPELINE_FAMILIES))}")
+        raise ValueError(f"{path}: {class_name} has a transformer component {library}.{network}, whose call gendiv "
+                         f"does not know; gendiv reads the transformers of {', '.join(sorted(PIPELINE_FAMILIES))}")
     if "text_encoder" in index:
         text = latent_text_teacher_from_folder(path)
         return text.denoiser, "", text
