@@ -26,6 +26,7 @@ from gendiv.distill.mean_flow import RATIO, MeanFlow
 from gendiv.distill.tangents import finite_difference_jvp, jvp
 from gendiv.models import OneStepGenerator
 from gendiv.models.denoiser import MLPDenoiser
+from gendiv.pipelines import FewStepPipeline, FewStepScheduler
 from gendiv.toy import AnalyticDenoiser, GaussianMixture, sliced_wasserstein2
 from gendiv.toy.distributions import ring8_imbalanced
 from gendiv.toy.flow_map import exact_average_velocity, exact_flow_map
@@ -376,6 +377,45 @@ def test_new_methods_train_through_the_unchanged_trainer_and_read_every_option(n
     assert not unread, f"{name} accepts options it never reads: {sorted(unread)}"
     assert trainer.unwrapped[STUDENT].config.sampling_sigmas == [80.0, 1.0]
     assert trainer.method.student_nfe == 2
+    # the trainer's export, called as diffusers users call a pipeline, samples as the method does in evaluation
+    pipe = FewStepPipeline.from_pretrained(str(tmp_path / "pipeline"))
+    z = torch.randn(8, 2, generator=_gen(0))
+    ours = trainer.method.sample(trainer.ema_generator, z, None, generator=_gen(1))
+    theirs = pipe(batch_size=8, latents=z, generator=_gen(1), output_type="pt").images
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert pipe.scheduler.config.kind == ("flow_map" if name == "mean_flow" else "consistency")
+
+
+def test_few_step_pipeline_saves_and_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    student = _mlp_student().float()
+    student.register_to_config(sampling_sigmas=[80.0, 2.0, 0.5])
+    pipe = FewStepPipeline(student)
+    pipe.save_pretrained(tmp_path / "few")
+    expected = pipe(batch_size=4, generator=_gen(3), output_type="pt").images
+    fewer = pipe(batch_size=4, generator=_gen(3), output_type="pt", num_inference_steps=2).images
+    assert pipe.scheduler.timesteps.tolist() == pytest.approx([80.0, karras_grid(3, SIGMA_MIN, 80.0, 7.0)[1].item()])
+    assert not torch.allclose(expected, fewer)
+    torch.save(expected, tmp_path / "expected.pt")
+    code = (f"import torch; from gendiv import load_pipeline; from diffusers import DiffusionPipeline\n"
+            f"p = load_pipeline({str(tmp_path / 'few')!r})\n"
+            f"assert type(p).__name__ == 'FewStepPipeline' and p.scheduler.num_inference_steps == 3\n"
+            f"x = p(batch_size=4, generator=torch.Generator().manual_seed(3), output_type='pt').images\n"
+            f"assert torch.equal(x, torch.load({str(tmp_path / 'expected.pt')!r}))\n"
+            f"q = DiffusionPipeline.from_pretrained({str(tmp_path / 'few')!r}, trust_remote_code=True)\n"
+            f"assert type(q).__name__ == 'FewStepPipeline'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+
+
+def test_few_step_scheduler_refuses_bad_grids():
+    with pytest.raises(ValueError, match="positive and decreasing"):
+        FewStepScheduler(sigmas=[80.0, 90.0])
+    with pytest.raises(ValueError, match="unknown kind"):
+        FewStepScheduler(kind="ddim")
+    with pytest.raises(ValueError, match="num_inference_steps must be a positive integer"):
+        FewStepScheduler(sigmas=[80.0]).set_timesteps(0)
 
 
 def test_cd_target_is_a_frozen_ema_of_the_student(tmp_path):

@@ -22,13 +22,14 @@ from pydantic import Field
 
 from ..condition import Condition
 from ..models.denoiser import with_scalar_condition
+from ..models.generator import FLOW_MAP_RATIO
 from ..space import append_dims
 from .consistency import ConsistencyMethod, SigmaRangeOptions
 from .continuous_consistency import unwrapped
 from .contract import STUDENT, StepDraws
 from .tangents import JVPMode, jvp
 
-RATIO = "flow_map_r"  # the student's scalar condition r = s/σ ∈ [0, 1]
+RATIO = FLOW_MAP_RATIO  # the student's scalar condition r = s/σ ∈ [0, 1]
 
 
 class MeanFlowOptions(SigmaRangeOptions):

@@ -12,6 +12,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from .denoiser import build_denoiser, sample_shape
 
+# a flow-map student's scalar condition r = s/σ (MeanFlow, gendiv/distill/mean_flow.py): its pass at σ jumps to s = rσ
+FLOW_MAP_RATIO = "flow_map_r"
+
 
 class OneStepGenerator(ModelMixin, ConfigMixin):
     """Args:

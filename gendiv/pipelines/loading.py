@@ -12,7 +12,8 @@ from pathlib import Path
 from .base import saved_class_name
 
 # gendiv's pipeline classes, by the class name their saved model_index.json carries
-GENDIV_PIPELINES = ("GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline")
+GENDIV_PIPELINES = ("GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline",
+                    "FewStepPipeline")
 
 
 def read_class_name(path) -> str | None:
