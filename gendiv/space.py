@@ -59,15 +59,40 @@ def sample_uniform_sigma(batch: int, sigma_min: float = 0.002, sigma_max: float 
     return (math.log(sigma_min) + u * (math.log(sigma_max) - math.log(sigma_min))).exp()
 
 
+def _sigma_from_log_snr(log_snr: torch.Tensor, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """σ of a log-SNR λ = log(1/σ²) in the canonical VE space: σ = e^{−λ/2}, clamped to [σ_min, σ_max]."""
+    return (-0.5 * log_snr).exp().clamp(sigma_min, sigma_max)
+
+
+def sample_laplace_sigma(batch: int, mu: float = 0.0, b: float = 0.5, sigma_min: float = 0.002,
+                         sigma_max: float = 80.0, generator=None, device=None) -> torch.Tensor:
+    """Hang et al. 2024 ("Improved Noise Schedule for Diffusion Training", Eq. 9): λ = log SNR ~ Laplace(μ, b), by
+    inverse CDF λ = μ − b·sgn(u)·ln(1 − 2|u|), u ~ U(−½, ½); the mass sits on mid noise levels around σ = e^{−μ/2}."""
+    u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64) - 0.5
+    log_snr = mu - b * u.sign() * torch.log1p(-2 * u.abs())
+    return _sigma_from_log_snr(log_snr, sigma_min, sigma_max).float()
+
+
+def sample_cauchy_sigma(batch: int, mu: float = 0.0, gamma: float = 1.0, sigma_min: float = 0.002,
+                        sigma_max: float = 80.0, generator=None, device=None) -> torch.Tensor:
+    """Hang et al. 2024's heavy-tailed alternative: λ = log SNR ~ Cauchy(μ, γ), λ = μ + γ·tan(π(u − ½))."""
+    u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+    log_snr = mu + gamma * torch.tan(math.pi * (u - 0.5))
+    return _sigma_from_log_snr(log_snr, sigma_min, sigma_max).float()
+
+
 SIGMA_SAMPLERS = {
     "lognormal": sample_lognormal_sigma,
     "karras_index": sample_karras_index_sigma,
     "log_uniform": sample_uniform_sigma,
+    "laplace": sample_laplace_sigma,
+    "cauchy": sample_cauchy_sigma,
 }
 
 
 def sample_sigma(kind: str, batch: int, generator=None, device=None, **kwargs) -> torch.Tensor:
-    """Draw a batch of training σ from a named sampler (``lognormal``, ``karras_index``, ``log_uniform``)."""
+    """Draw a batch of training σ from a named sampler (``lognormal``, ``karras_index``, ``log_uniform``,
+    ``laplace``, ``cauchy``)."""
     if kind not in SIGMA_SAMPLERS:
         raise ValueError(f"unknown σ sampler {kind!r}; choose one of {sorted(SIGMA_SAMPLERS)}")
     return SIGMA_SAMPLERS[kind](batch, generator=generator, device=device, **kwargs)

@@ -358,6 +358,24 @@ def ring8_imbalanced(radius: float = 1.0, std: float = 0.05, small_weight: float
     return GaussianMixture(means, std**2, weights, name="ring8_imbalanced")
 
 
+def with_outliers(clean: GaussianMixture, fraction: float, mean, std: float, name: str) -> GaussianMixture:
+    """``clean`` with a share ``fraction`` of the mass moved to a corrupting Gaussian N(mean, std²I): a training set
+    with outliers whose clean part is still known exactly (the last component is the corruption)."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"outlier fraction must be in (0, 1), got {fraction}")
+    if clean.rotations is not None:
+        raise ValueError("with_outliers needs a diagonal-covariance mixture")
+    means = torch.cat([clean.means, torch.as_tensor(mean, dtype=torch.float64).reshape(1, clean.dim)])
+    variances = torch.cat([clean.variances, torch.full((1, clean.dim), std**2, dtype=torch.float64)])
+    weights = torch.cat([(1 - fraction) * clean.weights, torch.tensor([fraction], dtype=torch.float64)])
+    return GaussianMixture(means, variances, weights, name=name)
+
+
+def ring8_outliers(fraction: float = 0.1) -> GaussianMixture:
+    """ring8_imbalanced with 10% corrupted samples in a cluster at (2.5, 2.5), far off the ring."""
+    return with_outliers(ring8_imbalanced(), fraction, [2.5, 2.5], 0.3, name="ring8_outliers")
+
+
 def checkerboard(n: int = 4, half_width: float = 1.0) -> BoxMixture:
     """The dark squares of an n×n board inside [−w, w]²: exact uniform boxes."""
     edges = torch.linspace(-half_width, half_width, n + 1, dtype=torch.float64)
@@ -416,8 +434,14 @@ REFLECTED_DISTRIBUTIONS = {
 }
 
 
+# training sets with corrupted samples (robust objectives): the clean distribution is the named one without outliers
+CORRUPTED_DISTRIBUTIONS = {
+    "ring8_outliers": ring8_outliers,
+}
+
+
 def get_distribution(name: str, **kwargs) -> ComponentMixture:
-    known = {**DISTRIBUTIONS, **REFLECTED_DISTRIBUTIONS}
+    known = {**DISTRIBUTIONS, **REFLECTED_DISTRIBUTIONS, **CORRUPTED_DISTRIBUTIONS}
     if name not in known:
         raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(known)}")
     return known[name](**kwargs)

@@ -14,6 +14,8 @@ from ..condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
 from ..models import with_scalar_condition
 from ..objectives import denoising_loss
 from ..objectives.cfg_aware import CFGAwareConfig, cfg_aware_loss
+from ..objectives.denoising_variants import (TeacherLossConfig, input_perturbation_denoising_loss,
+                                              pseudo_huber_denoising_loss)
 from ..objectives.guidance_free import gft_loss, model_guidance_loss
 from ..objectives.reflected import (REFLECTED_SIGMA_SAMPLERS, WEIGHTINGS, reflected_denoising_loss,
                                     sample_reflected_sigma)
@@ -37,7 +39,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.99])
     ema_decay: float = 0.995
-    sigma_sampler: str = "lognormal"  # lognormal | karras_index | log_uniform
+    sigma_sampler: str = "lognormal"  # lognormal | karras_index | log_uniform | laplace | cauchy (log-SNR)
     cond_drop_prob: float = 0.1       # label → null class, so the model also learns p(x) for guidance
 
     def __post_init__(self):
@@ -115,6 +117,7 @@ class TrainConfig:
     reflected: ReflectedConfig = field(default_factory=ReflectedConfig)
     guidance_free: GuidanceFreeConfig = field(default_factory=GuidanceFreeConfig)
     cfg_aware: CFGAwareConfig = field(default_factory=CFGAwareConfig)
+    teacher_loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
 
     def __post_init__(self):
         check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -274,8 +277,26 @@ class CFGAwareObjective(EDMObjective):
         return x, labels, f"{how} × 2 passes, CFG at s = {self.options.scale:g}"
 
 
+class PseudoHuberObjective(EDMObjective):
+    """The EDM loss through a pseudo-Huber with the scheduled c(σ) (objectives/denoising_variants.py): corrupted
+    training samples pull less."""
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        return pseudo_huber_denoising_loss(model, x0, cond, self.cfg.teacher_loss.huber_c0, generator=generator,
+                                           sigma_sampler=self.cfg.optim.sigma_sampler)
+
+
+class InputPerturbationObjective(EDMObjective):
+    """DDPM-IP: the EDM loss with the network input perturbed by γσξ (objectives/denoising_variants.py)."""
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        return input_perturbation_denoising_loss(model, x0, cond, self.cfg.teacher_loss.input_perturbation,
+                                                 generator=generator, sigma_sampler=self.cfg.optim.sigma_sampler)
+
+
 OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective, "gft": GuidanceFreeObjective,
-              "model_guidance": ModelGuidanceObjective, "cfg_aware": CFGAwareObjective}
+              "model_guidance": ModelGuidanceObjective, "cfg_aware": CFGAwareObjective,
+              "pseudo_huber": PseudoHuberObjective, "input_perturbation": InputPerturbationObjective}
 
 
 class DiffusionTrainer(TrainingLoop):
