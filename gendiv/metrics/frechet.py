@@ -97,15 +97,20 @@ def fid_infinity(fake: np.ndarray, reference: FeatureStats, n_points: int = 15, 
     """Chong & Forsyth: FID_N on random subsets at n_points sizes evenly spaced in [n_min, N], fitted linearly in
     1/N; returns (intercept FID∞, slope, list of (N, FID_N))."""
     fake = np.asarray(fake, np.float64)
-    n_max = len(fake)
-    if n_max < n_min:
-        raise InputError(f"FID∞ needs at least n_min={n_min} samples, got {n_max}")
-    rng = np.random.default_rng(seed)
-    sizes = np.linspace(n_min, n_max, n_points).astype(int)
-    points = [(int(n), frechet_distance(reference, FeatureStats.from_features(fake[rng.choice(n_max, n, replace=False)])))
-              for n in sizes]
+    points = subset_curve(fake, lambda x: frechet_distance(reference, FeatureStats.from_features(x)), n_points, n_min,
+                          seed, "FID∞")
     intercept, slope = extrapolate_in_inverse_n(points)
     return intercept, slope, points
+
+
+def subset_curve(values: np.ndarray, score, n_points: int, n_min: int, seed: int, name: str) -> list[tuple[int, float]]:
+    """(N, score of a random N-subset of ``values``) at ``n_points`` sizes evenly spaced in [n_min, len(values)]."""
+    n_max = len(values)
+    if n_max < n_min:
+        raise InputError(f"{name} needs at least n_min={n_min} samples, got {n_max}")
+    rng = np.random.default_rng(seed)
+    sizes = np.linspace(n_min, n_max, n_points).astype(int)
+    return [(int(n), score(values[rng.choice(n_max, n, replace=False)])) for n in sizes]
 
 
 def extrapolate_in_inverse_n(points) -> tuple[float, float]:

@@ -6,6 +6,8 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..latents import sample_latents
+
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
@@ -48,9 +50,12 @@ def draw_per_sample(draw, shape, generator) -> torch.Tensor:
     return draw(shape, generator)
 
 
-def initial_noise(shape, generator, device, latents=None) -> torch.Tensor:
-    """Seeded unit noise, or the given latents after checking their shape and values (float32 either way: the
-    denoisers cast their own network input, so a bfloat16 pipeline keeps its sampler state in float32)."""
+def initial_noise(shape, generator, device, latents=None, sampler: str = "gaussian") -> torch.Tensor:
+    """Seeded unit noise (``sampler``: gaussian, or sobol quasi-Monte-Carlo, gendiv.latents), or the given latents
+    after checking their shape and values (float32 either way: the denoisers cast their own network input, so a
+    bfloat16 pipeline keeps its sampler state in float32)."""
+    if latents is None and sampler != "gaussian":
+        return sample_latents(shape, generator, sampler).to(device)
     if latents is None:
         return randn(shape, generator, device)
     return check_latents(latents, shape, device)

@@ -50,7 +50,7 @@ class OneStepTextToImagePipeline(PipelineBase):
     def __call__(self, prompt: str | list[str] | None = None, num_images_per_prompt: int = 1,
                  prompt_embeds: torch.Tensor | None = None, generator: torch.Generator | list | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil", return_dict: bool = True,
-                 height: int | None = None, width: int | None = None):
+                 height: int | None = None, width: int | None = None, latents_sampler: str = "gaussian"):
         """Generate one image per prompt (times ``num_images_per_prompt``).
 
         Args:
@@ -63,6 +63,8 @@ class OneStepTextToImagePipeline(PipelineBase):
                 omitted.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` (decoded images) or ``"latent"`` (the student's latents).
             return_dict: return an ``ImagePipelineOutput`` (``.images``) instead of a tuple.
+            latents_sampler: ``"gaussian"`` (i.i.d.) or ``"sobol"`` (scrambled quasi-Monte-Carlo latents seeded from
+                ``generator``; gendiv.latents).
         """
         if output_type not in (*OUTPUT_TYPES, "latent"):
             raise ValueError(f"unknown output_type {output_type!r}; choose one of {(*OUTPUT_TYPES, 'latent')}")
@@ -74,7 +76,7 @@ class OneStepTextToImagePipeline(PipelineBase):
         embeds = embeds.repeat_interleave(per_prompt, dim=0)
         shape = self.latent_shape(embeds.shape[0], height, width)
         check_generator(generator, shape[0])
-        z = initial_noise(shape, generator, device, latents)
+        z = initial_noise(shape, generator, device, latents, latents_sampler)
         x = self.student(z, Condition(text_embeds=embeds.float()))
         out = x if output_type == "latent" else postprocess(latents_to_images(self.vae, x), output_type)
         self.maybe_free_model_hooks()
