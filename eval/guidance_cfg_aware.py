@@ -57,8 +57,10 @@ def run(args, bench) -> str:
                 row = rows.setdefault((s, name), {"data": [], "cfg": []})
                 row["data"].append(per_class(x, data, labels))
                 row["cfg"].append(per_class(x, target, labels))
-    body = [[f"{s:g}", name, bench._mean_spread(r["data"]), bench._mean_spread(r["cfg"])] for (s, name), r in rows.items()]
+    body = [[f"{s:g}", name, bench._mean_spread(r["data"]), bench._mean_spread(r["cfg"])]
+            for (s, name), r in rows.items()]
     return (f"conditional2d, MLP 128×3, {args.guidance_steps} training steps per model, {n} samples, Heun 18 steps, "
-            f"mean ± std over {args.seeds} seeds, {torch.get_num_threads()} thread(s), {cpu_name()}, {bench.machine()}\n\n"
+            f"mean ± std over {args.seeds} seeds, {torch.get_num_threads()} thread(s), {cpu_name()}, "
+            f"{bench.machine()}\n\n"
             + bench.table(["CFG scale s", "training", "sliced W₂ to the data p(x∣c)",
                            "sliced W₂ to exact CFG at s"], body))

@@ -43,7 +43,8 @@ def methods(base, classifier, log_likelihood, tfg: dict):
             ("DPS (ρ = 1)", TFG.dps(base, log_likelihood, 1.0), 1),
             (f"FreeDoM (ρ = 1, recurrence {RECURRENCE})", TFG.freedom(base, log_likelihood, 1.0, RECURRENCE), RECURRENCE),
             ("MPGD (μ = 0.016)", TFG.mpgd(base, log_likelihood, 0.016), 1),
-            (f"TFG, searched, recurrence {RECURRENCE}", TFG(base, log_likelihood, recurrence=RECURRENCE, **tfg), RECURRENCE)]
+            (f"TFG, searched, recurrence {RECURRENCE}", TFG(base, log_likelihood, recurrence=RECURRENCE, **tfg),
+             RECURRENCE)]
 
 
 def draw(denoiser, shape, cond, seed: int):
@@ -151,10 +152,13 @@ def digits(seeds: int, steps: int, bench) -> str:
     n = 500
     rows: dict = {}
     tfg_settings = []
+
+    def accuracy(s, labels):
+        return float((torch.as_tensor(judge.predict(s.numpy())) == labels).double().mean())
+
     for seed in range(seeds):
         den, clf = train_digits_models(x, y, seed, steps)
         log_likelihood = ClassifierLogLikelihood(clf, sigma=0.05)
-        accuracy = lambda s, labels: float((torch.as_tensor(judge.predict(s.numpy())) == labels).double().mean())  # noqa: E731
         val_labels = torch.arange(200) % 10
         tfg = search_tfg(den, log_likelihood, DIGITS_SPACE, accuracy, (200, 64), val_labels, 900 + seed, bench)
         tfg_settings.append(tfg)

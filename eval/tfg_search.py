@@ -39,7 +39,8 @@ def _neighbours(settings: dict, space: dict) -> list[dict]:
     return out
 
 
-def beam_search(evaluate, space: dict, topk: int = 2, rounds: int = 4, fixed: dict | None = None) -> list[tuple[dict, float]]:
+def beam_search(evaluate, space: dict, topk: int = 2, rounds: int = 4,
+                fixed: dict | None = None) -> list[tuple[dict, float]]:
     """All evaluated (settings, score), best first. ``fixed``: settings passed unchanged to every evaluation."""
     if topk < 1 or rounds < 1:
         raise ValueError(f"beam_search needs topk ≥ 1 and rounds ≥ 1, got topk={topk}, rounds={rounds}")

@@ -1,6 +1,11 @@
 """Gradient guidance (issue 24): classifier guidance against the exact class-conditional mixture (float64), TFG's
 variance and mean guidance against finite differences through the denoiser, its implicit dynamics against a closed
 form, the time-travel sampler, a noise-conditional classifier trained by gendiv, and their place in pipelines."""
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +20,14 @@ from gendiv.toy import AnalyticClassifier, AnalyticDenoiser, get_distribution, s
 DIST = get_distribution("conditional2d")
 EXACT = AnalyticDenoiser(DIST)
 CLASSIFIER = AnalyticClassifier(DIST)
+
+
+def eval_module(name: str):
+    """eval/<name>.py (eval/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "eval" / f"{name}.py")
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def noised_batch(n=128, sigma=0.3, seed=0):
@@ -170,3 +183,22 @@ def test_training_free_guidance_in_a_pipeline_and_its_bad_input():
         ClassifierGuidedDenoiser(EXACT, CLASSIFIER)(torch.zeros(2, 2), 1.0)
     with pytest.raises(ValueError, match="NoiseConditionalClassifier expects inputs \\[B, 2\\], got \\(3, 5\\)"):
         NoiseConditionalClassifier(input_shape=[2], num_classes=3)(torch.zeros(3, 5), 1.0)
+
+
+def test_tfg_beam_search_climbs_to_the_best_setting_of_its_grid():
+    """eval/tfg_search.py on a score peaked at (ρ, μ) = (2, 0.5): the search reaches the peak from (0.25, 0.25) by
+    doubling, never leaves the caps, and evaluates each setting once."""
+    search = eval_module("tfg_search")
+    calls = []
+
+    def score(settings):
+        calls.append(settings)
+        return -abs(math.log2(settings["rho"] / 2)) - abs(math.log2(settings["mu"] / 0.5))
+
+    space = {"rho": search.SearchedParameter(0.25, 2.0, 4.0), "mu": search.SearchedParameter(0.25, 2.0, 1.0)}
+    results = search.beam_search(score, space, topk=2, rounds=6, fixed={"recurrence": 2})
+    assert results[0][0] == {"rho": 2.0, "mu": 0.5} and results[0][1] == 0
+    assert all(c["recurrence"] == 2 and c["rho"] <= 4 and c["mu"] <= 1 for c in calls)
+    assert len({tuple(sorted(c.items())) for c in calls}) == len(calls)
+    with pytest.raises(ValueError, match="needs init > 0, factor > 1"):
+        search.SearchedParameter(0.0, 2.0, 1.0)

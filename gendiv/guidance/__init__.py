@@ -23,7 +23,8 @@ __all__ = ["GuidedDenoiser", "ClassifierFreeGuidedDenoiser", "IndependentConditi
 # Names before the two hierarchies were told apart (issue 20); importable, with a DeprecationWarning.
 DEPRECATED_NAMES = {
     "Guidance": "GuidedDenoiser", "ClassifierFreeGuidance": "ClassifierFreeGuidedDenoiser",
-    "IndependentConditionGuidance": "IndependentConditionGuidedDenoiser", "IntervalGuidance": "SigmaIntervalGuidedDenoiser",
+    "IndependentConditionGuidance": "IndependentConditionGuidedDenoiser",
+    "IntervalGuidance": "SigmaIntervalGuidedDenoiser",
     "AutoGuidance": "AutoGuidedDenoiser", "UnconditionalPriorGuidance": "UnconditionalPriorGuidedDenoiser",
     "TimestepGuidance": "TimestepGuidedDenoiser", "DiffusersGuidance": "DiffusersGuidedDenoiser",
 }

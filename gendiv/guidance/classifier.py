@@ -34,6 +34,14 @@ def input_gradient(fn, x: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def condition_for(denoiser: nn.Module, cond: Condition | None) -> Condition | None:
+    """``cond`` as a denoiser can take it: without class labels for an unconditional one (the labels are the guide's
+    target only), unchanged otherwise."""
+    if cond is None or denoiser.config.get("num_classes") is not None:
+        return cond
+    return Condition(scalars=dict(cond.scalars)) if cond.scalars else None
+
+
 def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(c | ·) of each sample's label from unnormalised logits [B, C]."""
     return F.log_softmax(logits, dim=1).gather(1, labels.to(logits.device).long()[:, None])[:, 0]
@@ -57,8 +65,8 @@ class NoiseConditionalClassifier(ModelMixin, ConfigMixin):
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         if tuple(x.shape[1:]) != tuple(self.config.input_shape):
-            raise ValueError(f"NoiseConditionalClassifier expects inputs [B, {', '.join(map(str, self.config.input_shape))}]"
-                             f", got {tuple(x.shape)}")
+            shape = ", ".join(map(str, self.config.input_shape))
+            raise ValueError(f"NoiseConditionalClassifier expects inputs [B, {shape}], got {tuple(x.shape)}")
         sigma = as_sigma_batch(sigma, x.shape[0], device=x.device, dtype=torch.float32).clamp_min(1e-12)
         c_in = 1 / (sigma**2 + self.config.sigma_data**2).sqrt()
         args = (sigma.log() / 4)[:, None] * self.freqs[None] * 2 * math.pi
@@ -95,10 +103,8 @@ class ClassifierGuidedDenoiser(GuidedDenoiser):
         return False  # s = 1 is the (Bayes) conditional model, not the network alone: always add the gradient
 
     def base_condition(self, cond: Condition | None, batch: int, device) -> Condition | None:
-        if self.conditional_base:
-            return cond
-        if self.config.get("num_classes") is None:
-            return None if cond is None or not cond.scalars else Condition(scalars=dict(cond.scalars))
+        if self.conditional_base or self.config.get("num_classes") is None:
+            return condition_for(self.denoiser, cond)
         return null_condition(cond, batch, device, self.config.get("scalar_names") or ())
 
     def forward(self, x, sigma, cond=None, return_features: bool = False):

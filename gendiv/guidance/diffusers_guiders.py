@@ -121,10 +121,12 @@ class SigmaIntervalGuider(DiffusersCFG):
         read = sigma_of_timestep(timesteps, self.config.timestep_format)
         true = torch.as_tensor(step_sigmas).to(torch.float64)
         if not torch.allclose(read, true, rtol=1e-4, atol=1e-8):
-            fits = [f for f in TIMESTEP_FORMATS if torch.allclose(sigma_of_timestep(timesteps, f), true, rtol=1e-4, atol=1e-8)]
+            fits = [f for f in TIMESTEP_FORMATS
+                    if torch.allclose(sigma_of_timestep(timesteps, f), true, rtol=1e-4, atol=1e-8)]
             hint = f"use timestep_format={fits[0]!r}" if fits else "its timesteps are neither c_noise nor σ"
             raise ValueError(f"SigmaIntervalGuider(timestep_format={self.config.timestep_format!r}) reads σ = "
-                             f"{float(read[0]):.4g} from this pipeline's first timestep, whose σ is {float(true[0]):.4g}: "
+                             f"{float(read[0]):.4g} from this pipeline's first timestep, whose σ is "
+                             f"{float(true[0]):.4g}: "
                              f"its window would be checked against the wrong σ; {hint}")
         if not bool(in_window(true, self.config.sigma_lo, self.config.sigma_hi).any()):
             raise ValueError(f"guidance window ({self.config.sigma_lo:g}, {self.config.sigma_hi:g}] holds none of the "
@@ -147,7 +149,8 @@ class IndependentConditionGuider(DiffusersCFG):
     def __init__(self, guidance_scale: float = 2.0, guidance_rescale: float = 0.0, seed: int = 0,
                  num_classes: int | None = None, use_original_formulation: bool = False, start: float = 0.0,
                  stop: float = 1.0, enabled: bool = True):
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+        bad = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        if num_classes is not None and bad:
             raise ValueError(f"num_classes must be an integer ≥ 2 (the label range to draw from), got {num_classes!r}")
         super().__init__(guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
                          use_original_formulation=use_original_formulation, start=start, stop=stop, enabled=enabled)

@@ -43,7 +43,8 @@ def resolve_guider(denoiser, guidance_scale, guider, labels, batch: int, device,
     cond = None if labels is None else Condition(class_labels=labels)
     if GUIDANCE_SCALAR in (denoiser.config.get("scalar_names") or []):
         if guider is not None:
-            raise ValueError("this is a guidance-free (GFT) model: it takes guidance_scale as an input and needs no guider")
+            raise ValueError("this is a guidance-free (GFT) model: it takes guidance_scale as an input and needs no "
+                             "guider")
         if s < 1:
             raise ValueError(f"a guidance-free model samples at guidance_scale ≥ 1 (β = 1/s in (0, 1]), got {s}")
         return denoiser, with_guidance_scale(cond, s, batch, device)

@@ -1,6 +1,7 @@
 """Training-free guidance: TFG's design space (Ye et al. 2024) with FreeDoM (Yu et al. 2023), DPS, MPGD and UGD as
 named points of it (methods.md §10, docs/guidance.md).
 
+The denoiser sees the condition it can take (an unconditional one none: the labels are then the guide's target only).
 The guide is a differentiable log-likelihood on clean data, ``log_likelihood(x0, cond) -> [B]`` (e.g. a classifier's
 log p(c | x₀), or −energy), evaluated on the denoiser's clean estimate x̂₀ = D(x, σ). With a denoiser D and
 ĝ(x₀) = log f̃(c | x₀), one guided prediction is
@@ -31,7 +32,7 @@ from torch import nn
 from ..condition import as_condition
 from ..space import append_dims, as_sigma_batch, sigma_dtype
 from .base import GuidedDenoiser, check_scale
-from .classifier import input_gradient, label_log_prob
+from .classifier import condition_for, input_gradient, label_log_prob
 
 
 class ClassifierLogLikelihood(nn.Module):
@@ -120,26 +121,26 @@ class TrainingFreeGuidedDenoiser(GuidedDenoiser):
     def forward(self, x, sigma, cond=None, return_features: bool = False):
         cond = as_condition(cond)
         if self.is_off(cond):
-            return self.denoiser(x, sigma, cond, return_features=return_features)
+            return self.denoiser(x, sigma, condition_for(self.denoiser, cond), return_features=return_features)
         sigma = as_sigma_batch(sigma, x.shape[0], device=x.device, dtype=sigma_dtype(x, sigma))
         noise = self.smoothing_noise(x)
-        feats = None
+        base_cond, feats = condition_for(self.denoiser, cond), None
         if self.variance_scale != 0:
             with torch.enable_grad():
                 leaf = x.detach().requires_grad_(True)
-                out = self.denoiser(leaf, sigma, cond, return_features=return_features)
+                out = self.denoiser(leaf, sigma, base_cond, return_features=return_features)
                 base, feats = out if return_features else (out, None)
                 (grad,) = torch.autograd.grad(self.smoothed_log_likelihood(base, sigma, cond, noise).sum(), leaf)
             base, feats = base.detach(), None if feats is None else feats.detach()
             delta = self.variance_scale * append_dims(sigma**2, x.ndim).to(base.dtype) * grad.to(base.dtype)
         else:
-            out = self.denoiser(x, sigma, cond, return_features=return_features)
+            out = self.denoiser(x, sigma, base_cond, return_features=return_features)
             base, feats = out if return_features else (out, None)
             delta = torch.zeros_like(base)
         if self.mean_scale != 0:
-            x0 = base
+            x0, guide = base, lambda v: self.smoothed_log_likelihood(v, sigma, cond, noise)
             for _ in range(self.mean_steps):
-                x0 = x0 + self.mean_scale * input_gradient(lambda v: self.smoothed_log_likelihood(v, sigma, cond, noise), x0)
+                x0 = x0 + self.mean_scale * input_gradient(guide, x0)
             delta = delta + (x0 - base)
         guided = self.combine(base + delta, base)
         return (guided, feats) if return_features else guided
