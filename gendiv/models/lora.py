@@ -88,6 +88,16 @@ class SharedLora:
                 view.requires_grad_(True)
         return self._views[name]
 
+    def shard(self, mesh=None) -> "SharedLora":
+        """FSDP2 over the base and every adapter added so far (``sharding.shard_denoiser``); the views then see the
+        sharded parameters. Add the adapters (``view(name)``) before, as sharding covers the parameters it finds."""
+        from .sharding import shard_denoiser
+
+        shard_denoiser(self.denoiser, mesh)
+        for name, view in self._views.items():
+            view.lora = nn.ParameterDict(self.adapter_parameters(name) if name is not None else {})
+        return self
+
     def student(self, sigma_init: float, name: str = "student") -> "LoraOneStepGenerator":
         """The one-step generator G(z) = D_student(σ_init·z, σ_init) on adapter ``name``."""
         return LoraOneStepGenerator(self.view(name), sigma_init)
