@@ -12,7 +12,7 @@ from gendiv.cli import main
 
 TRAIN = ["train", "run.progress=false", "run.steps=2", "eval.num_samples=16", "eval.num_steps=2"]
 DISTILL = ["distill", "run.progress=false", "run.steps=2", "eval.num_samples=16", "eval.teacher_steps=2",
-           "student.model.hidden=16", "student.model.depth=1", "run.batch_size=16"]
+           "student.model.hidden=16", "student.model.depth=1", "run.batch_size=16", "method.fake_warmup_steps=0"]
 
 
 def _files(tmp: Path):

@@ -43,14 +43,14 @@ def _engine_gradient(method, m0, s0, sigma=SIGMA, nodes=100):
     log_r = (_log_normal(x_sigma, 0.0, var_p) - _log_normal(x_sigma, m0, var_q)).flatten().detach()
     ctx = StepContext(x=x, sigma=torch.full((len(x),), sigma, dtype=torch.float64), x_sigma=x_sigma, cond=None,
                       d_teacher=d_teacher, d_fake=d_fake, logits=log_r)
-    method.current_step = 0
-    per_sample = method.per_sample_loss(ctx, {})
+    per_sample = method.per_sample_loss(ctx, 0, {})
     return torch.stack(torch.autograd.grad((w * per_sample).sum(), [m, s]))
 
 
 def _exact(divergence, **kw):
+    # r stays in (0, 3) here: no clamping
     return UniInstruct(divergence=divergence, weighting="exact", normalize_weights=False,
-                       ratio=dict(sigma_bins=0, logit_clamp=60.0, ratio_min=0.0, ratio_max=1e4), **kw)  # r stays in (0, 3) here: no clamping
+                       ratio=dict(sigma_bins=0, logit_clamp=60.0, ratio_min=0.0, ratio_max=1e4), **kw)
 
 
 def _fd(h, m0, s0, eps=1e-4):
