@@ -426,14 +426,23 @@ def test_independent_condition_guider_draws_labels_independent_of_the_batch():
 
 
 def test_unconditional_prior_with_fewer_classes_uses_only_its_null_output():
+    """The paper's setting: a base model with fewer classes than the fine-tuned one (was: the fine-tuned model's labels
+    were handed to the prior, out of its range)."""
+    from gendiv import GaussianMixture
+
+    fewer = GaussianMixture(DIST.means, DIST.variances, DIST.weights, component_class=torch.arange(8) % 2)  # 2 classes
+    prior = AnalyticDenoiser(fewer)
+    x, sig, cond = noised_batch(n=32)  # labels 0..3
+    want = prior(x, sig) + 2.0 * (EXACT(x, sig, cond) - prior(x, sig))
+    torch.testing.assert_close(UnconditionalPriorGuidedDenoiser(EXACT, prior, 2.0)(x, sig, cond), want)
     torch.manual_seed(0)
-    prior = MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=2)  # the base: 2 classes; the model: 4, labels up to 3
-    x, sig, cond = noised_batch(n=32)
-    x, sig = x.float(), sig.float()
+    net = MLPDenoiser(dim=2, hidden=16, depth=1, num_classes=2)
     null = Condition(class_labels=torch.zeros(32, dtype=torch.long), drop=torch.ones(32, dtype=torch.bool))
     with torch.no_grad():
-        want = prior(x, sig, null) + 2.0 * (EXACT(x, sig, cond) - prior(x, sig, null))
-        torch.testing.assert_close(UnconditionalPriorGuidedDenoiser(EXACT, prior, 2.0)(x, sig, cond), want)
+        x, sig = x.float(), sig.float()
+        want = net(x, sig, null) + 2.0 * (EXACT(x, sig, cond) - net(x, sig, null))
+        got = UnconditionalPriorGuidedDenoiser(EXACT, net, 2.0)(x, sig, cond)
+    torch.testing.assert_close(got, want)
 
 
 def test_diffusers_guider_config_round_trips_keep_every_value(tmp_path):
