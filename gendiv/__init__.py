@@ -10,12 +10,14 @@ from .condition import Condition
 from .guidance import ClassifierFreeGuidedDenoiser
 from .models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, UNetDenoiser
 from .pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline, ReflectedDiffusionPipeline, load_pipeline
+from .mirror import VelocityMLP
+from .pipelines.pipeline_mirror_flow import MirrorFlowMatchingPipeline
 from .schedulers import ReflectedODEScheduler, ReflectedSDEScheduler, ThresholdedSDEScheduler
 from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
 
 __all__ = ["Condition", "ClassifierFreeGuidedDenoiser", "DiscriminatorHead", "MLPDenoiser", "OneStepGenerator", "UNetDenoiser",
            "GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline", "load_pipeline",
-           "ReflectedODEScheduler",
+           "ReflectedODEScheduler", "VelocityMLP", "MirrorFlowMatchingPipeline",
            "ReflectedSDEScheduler", "ThresholdedSDEScheduler", "AnalyticDenoiser",
            "GaussianMixture", "get_distribution"]
 

@@ -15,6 +15,7 @@ from diffusers.configuration_utils import FrozenDict
 
 from ..condition import Condition, as_condition
 from ..space import as_sigma_batch, sigma_dtype
+from .convex import CONVEX_DISTRIBUTIONS
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -441,7 +442,7 @@ CORRUPTED_DISTRIBUTIONS = {
 
 
 def get_distribution(name: str, **kwargs) -> ComponentMixture:
-    known = {**DISTRIBUTIONS, **REFLECTED_DISTRIBUTIONS, **CORRUPTED_DISTRIBUTIONS}
+    known = {**DISTRIBUTIONS, **REFLECTED_DISTRIBUTIONS, **CORRUPTED_DISTRIBUTIONS, **CONVEX_DISTRIBUTIONS}
     if name not in known:
         raise ValueError(f"unknown toy distribution {name!r}; choose one of {sorted(known)}")
     return known[name](**kwargs)

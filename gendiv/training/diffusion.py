@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..condition import GUIDANCE_SCALAR, Condition, with_guidance_scale
 from ..models import with_scalar_condition
 from ..objectives import denoising_loss
 from ..objectives.cfg_aware import CFGAwareConfig, cfg_aware_loss
 from ..objectives.reflected_likelihood import DIVERGENCES, bits_per_dim, reflected_log_likelihood
+from ..objectives.mirror_flow import MirrorFlowConfig, mirror_flow_loss
 from ..objectives.denoising_variants import (TeacherLossConfig, input_perturbation_denoising_loss,
                                               pseudo_huber_denoising_loss)
 from ..objectives.guidance_free import gft_loss, model_guidance_loss
@@ -26,7 +28,10 @@ from ..reflection import Box
 from ..sampling import SAMPLERS, sample
 from ..schedulers import ReflectedODEScheduler, ReflectedSDEScheduler
 from ..space import SIGMA_SAMPLERS
-from ..toy import exact_metrics
+from ..toy import exact_metrics, sliced_wasserstein2
+from ..toy.convex import moment_errors
+from ..mirror import VelocityMLP, check_in_domain, dual_dim, inside_mask
+from ..pipelines.pipeline_mirror_flow import MirrorFlowMatchingPipeline
 from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import is_image_source
@@ -126,6 +131,7 @@ class TrainConfig:
     guidance_free: GuidanceFreeConfig = field(default_factory=GuidanceFreeConfig)
     cfg_aware: CFGAwareConfig = field(default_factory=CFGAwareConfig)
     teacher_loss: TeacherLossConfig = field(default_factory=TeacherLossConfig)
+    mirror_flow: MirrorFlowConfig = field(default_factory=MirrorFlowConfig)
 
     def __post_init__(self):
         check(self.objective in OBJECTIVES, f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -319,9 +325,53 @@ class InputPerturbationObjective(EDMObjective):
                                                  generator=generator, sigma_sampler=self.cfg.optim.sigma_sampler)
 
 
+class MirrorFlowObjective:
+    """Mirror flow matching on a convex domain (objectives/mirror_flow.py): a VelocityMLP in the dual space, the
+    Student-t prior, MirrorFlowMatchingPipeline; evaluated by moments against the target's closed form."""
+
+    def __init__(self, cfg: TrainConfig, source):
+        self.cfg, self.options = cfg, cfg.mirror_flow
+        if not isinstance(source, ToySource):
+            raise ConfigError(f"objective mirror_flow needs point data (toy:<name>), got data {cfg.data.source}")
+        check_in_domain(source.sample_batch(4096, torch.Generator().manual_seed(0))[0], self.options.domain,
+                        f"data ({cfg.data.source})")
+        self.dual_dim = dual_dim(self.options.domain, source.shape[0])
+
+    def denoiser_kwargs(self) -> dict:
+        return {}
+
+    def prepare_model(self, model):
+        """The built denoiser is replaced by a velocity network of the same width and depth on the dual space."""
+        return VelocityMLP(dim=self.dual_dim, hidden=self.cfg.model.hidden, depth=self.cfg.model.depth)
+
+    def loss(self, model, x0, cond, generator, ema_model=None):
+        o = self.options
+        return mirror_flow_loss(model, x0, o.domain, o.prior_dof, o.prior_scale, generator)
+
+    def pipeline(self, velocity):
+        o = self.options
+        pipe = MirrorFlowMatchingPipeline(velocity, FlowMatchEulerDiscreteScheduler(), o.domain, o.prior_dof,
+                                          o.prior_scale)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample(self, velocity, source, n: int, seed: int, device):
+        x = self.pipeline(velocity)(batch_size=n, num_inference_steps=self.options.num_steps,
+                                    generator=torch.Generator().manual_seed(seed)).images
+        return x.to(device), None, f"mirror flow, {self.options.num_steps} Euler steps"
+
+    def to_display(self, x):
+        return x
+
+    def toy_metrics(self, dist, x, ref, cond=None) -> dict:
+        inside = float(inside_mask(x, self.options.domain).double().mean())
+        return {"sliced_w2": sliced_wasserstein2(x, ref), **moment_errors(dist, x), "inside_fraction": inside}
+
+
 OBJECTIVES = {"edm": EDMObjective, "reflected": ReflectedObjective, "gft": GuidanceFreeObjective,
               "model_guidance": ModelGuidanceObjective, "cfg_aware": CFGAwareObjective,
-              "pseudo_huber": PseudoHuberObjective, "input_perturbation": InputPerturbationObjective}
+              "pseudo_huber": PseudoHuberObjective, "input_perturbation": InputPerturbationObjective,
+              "mirror_flow": MirrorFlowObjective}
 
 
 class DiffusionTrainer(TrainingLoop):
@@ -360,7 +410,7 @@ class DiffusionTrainer(TrainingLoop):
             dist = self.source.dist
             ref = dist.sample(n, torch.Generator().manual_seed(self.run.seed + 2), class_labels=labels)
             cond = None if labels is None else Condition(class_labels=labels)
-            metrics = exact_metrics(dist, x.cpu(), ref, cond=cond)
+            metrics = getattr(self.objective, "toy_metrics", exact_metrics)(dist, x.cpu(), ref, cond=cond)
             metrics.update(getattr(self.objective, "held_out_metrics", lambda *a: {})(self.ema_model, self.source))
             scatter_plot(self.out / f"samples_{tag}.png", {"data (exact)": ref, f"model, {how}": x},
                          title=f"{dist.name} — step {self.step}", reference=ref)
