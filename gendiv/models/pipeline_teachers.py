@@ -51,6 +51,43 @@ class PipelineTeacher:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents_to_images(self.vae, latents.to(self.vae.device))
 
+    def save_student(self, generator, folder) -> None:
+        """The one-step student as a stock diffusers folder of the teacher's own pipeline class: the student's network
+        in place of the teacher's and a one-step scheduler (:func:`one_step_scheduler`), so that
+        ``pipe(prompt, num_inference_steps=1, guidance_scale=1.0)`` gives the student's images."""
+        backbone = generator.backbone
+        sigma_init = generator.config.sigma_init if hasattr(generator, "config") else generator.sigma_init
+        scheduler = one_step_scheduler(self.pipeline.scheduler, self.denoiser.config, sigma_init)
+        net = type(self.denoiser.net).from_config(self.denoiser.net.config)
+        net.load_state_dict(backbone.net.state_dict())
+        components = {**self.pipeline.components, NETWORK[self.family]: net, "scheduler": scheduler}
+        type(self.pipeline)(**components).save_pretrained(str(folder))
+
+
+def one_step_scheduler(scheduler, denoiser_config, sigma_init: float):
+    """A stock scheduler whose single step from the pipeline's initial noise is x̂₀ at the student's σ_init: Euler
+    with trailing spacing (one step at t = T − 1, σ = σ_max, x = σ_max·z) for beta-schedule teachers, flow-matching
+    Euler without shift (t = 1) for flow teachers; refused where no stock one-step call can match."""
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    if denoiser_config.x0_clip:
+        raise ValueError("the teacher clips x̂₀ (scheduler clip_sample/thresholding) and Euler's step does not: "
+                         "a stock one-step pipeline cannot reproduce the student")
+    if denoiser_config.parameterization == "flow":
+        if sigma_init < 1e4:
+            raise ValueError(f"student.sigma_init={sigma_init:g}: a flow pipeline's one step starts from pure noise "
+                             "(t = 1, σ = ∞); set sigma_init ≥ 1e4 for an exported one-step pipeline")
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=1.0, use_dynamic_shifting=False)
+    if denoiser_config.parameterization != "vp":
+        raise ValueError(f"no stock one-step scheduler for a {denoiser_config.parameterization} teacher")
+    euler = EulerDiscreteScheduler.from_config(scheduler.config, timestep_spacing="trailing")
+    euler.set_timesteps(1)
+    sigma_max = float(euler.sigmas[0])
+    if abs(sigma_init - sigma_max) > 1e-3 * sigma_max:
+        raise ValueError(f"student.sigma_init={sigma_init:g} but the teacher's one-step pipeline starts at σ_max="
+                         f"{sigma_max:.4g} (t = {int(euler.timesteps[0])}); set student.sigma_init to {sigma_max:.6g}")
+    return euler
+
 
 def _call_default(pipeline, name: str):
     """A default of the pipeline's ``__call__`` (e.g. ``max_sequence_length``): encode as the pipeline does."""
