@@ -890,6 +890,19 @@ def bench_guidance_gradient(args) -> str:
     return eval_module("guidance_gradient").run(args, sys.modules[__name__])
 
 
+@benchmark("teacher_objectives")
+def bench_teacher_objectives(args) -> str:
+    """Pseudo-Huber, input perturbation, mirror flow matching and the reflected likelihood on the exact suite
+    (eval/teacher_objectives.py)."""
+    return eval_module("teacher_objectives").run(args, sys.modules[__name__])
+
+
+@benchmark("noise_schedule")
+def bench_noise_schedule(args) -> str:
+    """Laplace and Cauchy log-SNR σ sampling against the lognormal on digits (eval/noise_schedule.py)."""
+    return eval_module("noise_schedule").run(args, sys.modules[__name__])
+
+
 @benchmark("guidance_cfg_aware")
 def bench_guidance_cfg_aware(args) -> str:
     """CFG-aware training vs plain label dropout on the exact suite across CFG scales."""
@@ -920,6 +933,8 @@ def main(argv=None):
     p.add_argument("--image-steps", type=int, default=4000, help="training steps per image model (reflected_fid)")
     p.add_argument("--guidance-steps", type=int, default=1500, help="training steps per model (guidance_gradient's "
                    "digits denoiser, guidance_cfg_aware)")
+    p.add_argument("--objective-steps", type=int, default=1000, help="training steps per model (teacher_objectives)")
+    p.add_argument("--schedule-steps", type=int, default=400, help="training steps per digits model (noise_schedule)")
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
