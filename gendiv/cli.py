@@ -34,7 +34,7 @@ def _train(args):
     cfg = load_config(TrainConfig, args.config, args.overrides + _run_flags(args))
     summary = train(cfg)
     print(json.dumps(summary, indent=1))
-    _report_outputs(Path(cfg.run.output_dir))
+    _report_outputs(Path(cfg.run.output_dir).expanduser())
 
 
 def _distill(args):
@@ -43,7 +43,7 @@ def _distill(args):
     cfg = load_config(DistillConfig, args.config, args.overrides + _run_flags(args))
     summary = distill(cfg)
     print(json.dumps(summary, indent=1))
-    _report_outputs(Path(cfg.run.output_dir))
+    _report_outputs(Path(cfg.run.output_dir).expanduser())
 
 
 def _sample(args):
@@ -58,8 +58,18 @@ def _sample(args):
     dest = Path(args.out)
     outputs = [dest.with_suffix(".npz"), dest.with_suffix(".png")]
     _refuse_existing(outputs, args.overwrite, "--out")
+    if args.truth:
+        from .toy import get_distribution
+
+        try:
+            get_distribution(args.truth.removeprefix("toy:"))
+        except ValueError as e:  # an unknown name, said before sampling
+            raise UserError(f"--truth: {e}") from None
     pipe, kwargs = _pipeline_for_sampling(path, args)
-    out = pipe(output_type="pt", generator=torch.Generator().manual_seed(args.seed), **kwargs).images
+    try:
+        out = pipe(output_type="pt", generator=torch.Generator().manual_seed(args.seed), **kwargs).images
+    except ValueError as e:  # diffusers' habit: a pipeline refuses bad __call__ arguments with ValueError
+        raise UserError(f"{path} refused the arguments (--class-label, --steps, --num-samples, --prompt): {e}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     # samples: floats in [0, 1] (images) or the model's own coordinates (points), as value_range declares
     value_range = np.array([0.0, 1.0]) if out.ndim == 4 else np.array([np.nan, np.nan])
@@ -142,6 +152,8 @@ def _fid_stats(args):
     from .metrics.images import load_images
 
     _positive(args.num_samples, "--num-samples")
+    if Path(args.out).suffix != ".npz":
+        raise UserError(f"--out {args.out} must end in .npz (NumPy would add the suffix)")
     _refuse_existing([Path(args.out)], args.overwrite, "--out")
     _check_writable_parent(Path(args.out), "--out")  # before hours of features, not after
     feature_model(args.inception_weights)

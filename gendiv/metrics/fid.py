@@ -135,7 +135,11 @@ def check_request(gen: str, ref: str, backend: str, resize: str, num_samples=Non
         if with_kid or with_pr:
             raise InputError(f"KID and precision/recall need reference images, not only reference statistics ({ref})")
     else:
-        check_source(ref, num_ref, "REF")
+        n_ref = check_source(ref, num_ref, "REF", "--num-ref")
+        if n_ref < 2:
+            raise InputError(f"REF {ref} gives {n_ref} image(s); statistics need at least 2")
+    if n_gen < 2:
+        raise InputError(f"GEN {gen} gives {n_gen} image(s); statistics need at least 2")
     if with_fid_inf and n_gen < fid_inf_min:
         raise InputError(f"FID∞ needs at least --fid-inf-min={fid_inf_min} generated images; GEN {gen} gives {n_gen}")
 

@@ -204,7 +204,7 @@ def pipeline_images(path: str | Path, num_samples: int, batch_size: int = 64, se
 DATASET_SIZES = {"digits": 1797, "mnist": 5000}
 
 
-def check_source(spec: str, num_samples: int | None, role: str) -> int:
+def check_source(spec: str, num_samples: int | None, role: str, flag: str = "--num-samples") -> int:
     """The cheap checks of an image source, before any image is loaded or feature computed: it exists, its kind is
     known, a pipeline has --num-samples. Returns the number of images it will give (read from the folder listing or
     the .npz array header, not from the images)."""
@@ -215,7 +215,7 @@ def check_source(spec: str, num_samples: int | None, role: str) -> int:
         count = DATASET_SIZES[name]
     elif (Path(spec) / "model_index.json").is_file():
         if not num_samples:
-            raise InputError(f"{role} {spec} is a pipeline: give the number of samples to generate (--num-samples)")
+            raise InputError(f"{role} {spec} is a pipeline: give the number of samples to generate ({flag})")
         return num_samples
     elif Path(spec).suffix in (".npz", ".npy"):
         count = _npz_image_count(Path(spec), role)
@@ -226,6 +226,8 @@ def check_source(spec: str, num_samples: int | None, role: str) -> int:
         raise InputError(f"{role} not found: {spec} (no such folder or file)")
     else:
         count = len(image_files(spec))
+    if num_samples and count < num_samples:
+        raise InputError(f"{role} {spec} holds {count} images, fewer than the {num_samples} asked for ({flag})")
     return min(count, num_samples) if num_samples else count
 
 

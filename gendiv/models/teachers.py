@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import InputError
+
 
 def read_model_index(path) -> dict:
     """The folder's ``model_index.json`` as a dict; a clear error when there is none."""
     index = Path(path) / "model_index.json"
     if not index.is_file():
-        raise ValueError(f"teacher pipeline not found: {path} has no model_index.json (neither a diffusers nor a "
+        raise InputError(f"teacher pipeline not found: {path} has no model_index.json (neither a diffusers nor a "
                          "gendiv pipeline folder)")
     return json.loads(index.read_text())
 
@@ -41,7 +43,7 @@ def load_teacher(spec: str, null_class: int | None = None):
         kind, arg = "pipeline", spec
     if kind == "pipeline":
         return _teacher_from_folder(Path(arg), null_class)
-    raise ValueError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
+    raise InputError(f"unknown teacher source {spec!r}; use analytic:<toy name>, pipeline:<folder> or a folder")
 
 
 def _teacher_from_folder(path: Path, null_class: int | None):
@@ -53,7 +55,7 @@ def _teacher_from_folder(path: Path, null_class: int | None):
     index = read_model_index(path)
     class_name = saved_class_name(index)  # gendiv folders name ["gendiv_pipeline", class]
     if class_name == "OneStepPipeline":
-        raise ValueError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
+        raise InputError(f"teacher.source: {path} is a one-step student (OneStepPipeline), not a multi-step "
                          "teacher; give the folder of a GenDivPipeline (e.g. runs/teacher/pipeline)")
     if class_name == "GenDivPipeline":
         from ..pipelines import GenDivPipeline
@@ -64,7 +66,7 @@ def _teacher_from_folder(path: Path, null_class: int | None):
         return teacher.denoiser, "", (None if teacher.family == "dit" else teacher)
     if "transformer" in index:
         library, network = index["transformer"]
-        raise ValueError(f"{path}: {class_name} has a transformer component {library}.{network}, whose call gendiv "
+        raise InputError(f"{path}: {class_name} has a transformer component {library}.{network}, whose call gendiv "
                          f"does not know; gendiv reads the transformers of {', '.join(sorted(PIPELINE_FAMILIES))}")
     if "text_encoder" in index:
         text = latent_text_teacher_from_folder(path)

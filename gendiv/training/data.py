@@ -161,6 +161,8 @@ def load_npz(path: str | Path, image_size: int | None = None) -> TensorSource:
 def build_source(source: str, image_size: int | None = None, channels: int | None = None, use_labels: bool = True):
     """``toy:<name>``, ``digits``, ``mnist``, ``folder:<path>`` or ``npz:<path>``."""
     kind, _, arg = source.partition(":")
+    if kind in ("folder", "npz") and not arg.strip():
+        raise InputError(f"data.source={source!r} names no path; use {kind}:<path>")
     if kind == "toy":
         return ToySource(get_distribution(arg))
     if kind == "digits":

@@ -90,11 +90,14 @@ class RunConfig:
 class TrainingLoop:
     def __init__(self, run: RunConfig, config_dict: dict | None = None, image_data: bool = False):
         self.run = run
-        self.out = Path(run.output_dir)
+        self.out = Path(run.output_dir).expanduser()
         self.ckpt_root = self.out / "checkpoints"
         if run.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("run.mixed_precision=fp16 needs a CUDA GPU; this machine has none (PyTorch's CPU autocast "
                               "computes bf16, not fp16): use run.mixed_precision=bf16 or no")
+        _check_trackers(run.trackers)
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"run.output_dir {self.out} is a file; it must name a folder")
         self.restart_from_scratch = False
         self.lock: RunLock | None = None
         self._claim_output_dir()
@@ -441,6 +444,17 @@ class TrainingLoop:
         if run.trackers:
             self.accelerator.end_training()
         return summary
+
+
+def _check_trackers(trackers: list):
+    """Every tracker named must be one accelerate knows and is installed (accelerate only warns and logs nothing)."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    for name in trackers:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"run.trackers: unknown tracker {name!r}; accelerate knows {sorted(LOGGER_TYPE_TO_CLASS)}")
+        if name not in [str(t) for t in get_available_trackers()]:
+            raise ConfigError(f"run.trackers: {name} is not installed (pip install {name}), so nothing would be logged")
 
 
 def _widest_activation(module: torch.nn.Module, shape: tuple) -> int:
