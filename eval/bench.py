@@ -890,6 +890,12 @@ def bench_guidance_gradient(args) -> str:
     return eval_module("guidance_gradient").run(args, sys.modules[__name__])
 
 
+@benchmark("consistency")
+def bench_consistency(args) -> str:
+    """CD, iCT, sCM, MeanFlow and few-step DMD2 on the exact suite at 1, 2 and 4 passes (eval/consistency.py)."""
+    return eval_module("consistency").run(args, sys.modules[__name__])
+
+
 @benchmark("teacher_objectives")
 def bench_teacher_objectives(args) -> str:
     """Pseudo-Huber, input perturbation, mirror flow matching and the reflected likelihood on the exact suite
@@ -933,6 +939,7 @@ def main(argv=None):
     p.add_argument("--image-steps", type=int, default=4000, help="training steps per image model (reflected_fid)")
     p.add_argument("--guidance-steps", type=int, default=1500, help="training steps per model (guidance_gradient's "
                    "digits denoiser, guidance_cfg_aware)")
+    p.add_argument("--consistency-steps", type=int, default=500, help="training steps per model (consistency)")
     p.add_argument("--objective-steps", type=int, default=1000, help="training steps per model (teacher_objectives)")
     p.add_argument("--schedule-steps", type=int, default=400, help="training steps per digits model (noise_schedule)")
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
