@@ -51,6 +51,8 @@ def _issue21_files(tmp: Path):
     (tmp / "broken_index").mkdir()
     (tmp / "broken_index" / "model_index.json").write_text('{"_class_name": ')
     (tmp / "out").mkdir()
+    np.savez(tmp / "one.npz", images=np.zeros((1, 8, 8), np.uint8))
+    np.savez(tmp / "bool.npz", images=np.zeros((4, 8, 8), bool))
 
 
 # (case, argv, pattern of the one-line error). ``{t}`` is the test's folder.
@@ -198,6 +200,21 @@ CLI_CASES += [
      r"--prompt is for text-to-image pipelines"),
     ("fid-stats: --out exists", ["fid-stats", "{t}/imgs.npz", "--out", "{t}/stats.npz"],
      r"stats\.npz already exists; pass --overwrite"),
+    # a new user's sweep of more inputs of these kinds
+    ("tracker not installed", TRAIN + ["run.trackers=[wandb]"], r"run\.trackers: wandb is not installed"),
+    ("unknown tracker", TRAIN + ["run.trackers=[nope]"], r"run\.trackers: unknown tracker 'nope'"),
+    ("output_dir a file", TRAIN + ["run.output_dir={t}/imgs.npz"], r"run\.output_dir .*imgs\.npz is a file"),
+    ("folder: without a path", TRAIN + ["data.source='folder:'"], r"data\.source='folder:' names no path"),
+    ("sample: label on unconditional", ["sample", "--pipeline", "{t}/onestep", "--class-label", "3", "--out", "{t}/s"],
+     r"refused the arguments .*class_labels given but the model is unconditional"),
+    ("sample: unknown --truth", ["sample", "--pipeline", "{t}/onestep", "--truth", "nope", "--out", "{t}/s"],
+     r"--truth: unknown toy distribution 'nope'"),
+    ("fid-stats: --out without .npz", ["fid-stats", "{t}/imgs.npz", "--out", "{t}/stats"], r"must end in \.npz"),
+    ("fid: fewer images than asked", FID + ["{t}/imgs.npz", "--num-samples", "10"],
+     r"holds 4 images, fewer than the 10 asked for \(--num-samples\)"),
+    ("fid: REF pipeline without --num-ref", FID + ["{t}/onestep"], r"REF .*onestep is a pipeline: .*\(--num-ref\)"),
+    ("fid: one image", ["fid", "{t}/one.npz", "{t}/imgs.npz"], r"gives 1 image\(s\); statistics need at least 2"),
+    ("fid: bool images", ["fid", "{t}/bool.npz", "{t}/imgs.npz"], r"images must be integers \(0\.\.255\) or floats"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(("fp16 on a CPU", TRAIN + ["run.mixed_precision=fp16"],
