@@ -1,6 +1,6 @@
 """Reflected diffusion on a box [a, b]^d: fold, the reflected (Neumann) heat kernel and its score, the VE schedule.
 
-Per coordinate on the unit interval, with heat time τ = σ²/2 (methods.md §4, Lou & Ermon 2023):
+Per coordinate on the unit interval, with heat time τ = σ²/2 (docs/methods.md §4, Lou & Ermon 2023):
 
     images  p(x | x₀; σ) = Σ_k φ_σ(x − x₀ + 2k) + φ_σ(x + x₀ + 2k)
     eigen   p(x | x₀; σ) = 1 + 2 Σ_{n≥1} e^{−n²π²τ} cos(nπx) cos(nπx₀)

@@ -1,7 +1,7 @@
 """The canonical space: σ schedules, time samplers and parameterisation conversions.
 
 Everything in gendiv meets in EDM's variance-exploding form ``x_σ = x₀ + σ·n`` with a denoiser
-``D(x_σ, σ) ≈ E[x₀ | x_σ]`` (methods.md §0). Other parameterisations convert affinely at fixed
+``D(x_σ, σ) ≈ E[x₀ | x_σ]`` (docs/methods.md §0). Other parameterisations convert affinely at fixed
 ``(x_t, t)``; the functions below are the only place those formulas live.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def sample_sigma(kind: str, batch: int, generator=None, device=None, **kwargs) -
 
 
 # ---------------------------------------------------------------------------------------------
-# EDM preconditioning (methods.md §0)
+# EDM preconditioning (docs/methods.md §0)
 # ---------------------------------------------------------------------------------------------
 def edm_preconditioning(sigma: torch.Tensor, sigma_data: float = SIGMA_DATA):
     """(c_skip, c_out, c_in, c_noise) of EDM, Table 1 of Karras et al. 2022."""
@@ -156,7 +156,7 @@ def flow_time_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
 # Parameterisation conversions at fixed (x_t, α_t, σ_t)
 # ---------------------------------------------------------------------------------------------
 def x0_from_prediction(pred: torch.Tensor, x_t: torch.Tensor, alpha_t, sigma_t, prediction_type: str) -> torch.Tensor:
-    """x̂₀ from a network prediction on x_t = α_t x₀ + σ_t ε (methods.md §0).
+    """x̂₀ from a network prediction on x_t = α_t x₀ + σ_t ε (docs/methods.md §0).
 
     epsilon: x̂₀ = (x_t − σ_t ε̂)/α_t;  v_prediction: x̂₀ = α_t x_t − σ_t v̂ (needs α²+σ²=1);
     sample: x̂₀ = pred;  flow (v = ε − x₀, α = 1−t, σ = t): x̂₀ = x_t − t·v̂.

@@ -1,4 +1,4 @@
-"""Denoising score matching in the canonical space (EDM loss, methods.md §0)."""
+"""Denoising score matching in the canonical space (EDM loss, docs/methods.md §0)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Variants of the EDM denoising loss for teachers (docs/teacher_objectives.md; methods.md §0 for the base loss).
+"""Variants of the EDM denoising loss for teachers (docs/teacher_objectives.md; docs/methods.md §0 for the base loss).
 
     pseudo-Huber (Khrapov et al. 2024, scheduled c):  ρ_c(r) = 2c(√(r² + c²) − c),  r² = λ(σ)·mean (D − x₀)²,
         c(σ) = c₀ + (1 − c₀)/(1 + σ)²: ρ ≈ r² (L2) at small σ, ≈ 2c₀|r| (L1, robust) at large σ

@@ -1,4 +1,4 @@
-"""Reflected denoising score matching on a box (Lou & Ermon 2023; methods.md §4).
+"""Reflected denoising score matching on a box (Lou & Ermon 2023; docs/methods.md §4).
 
     t ~ U(t_eps, 1),  σ = σ_min (σ_max/σ_min)^t,  x_σ = fold(x₀ + σn),  target s* = ∇ log p_refl(x_σ | x₀; σ)
     loss = E λ(σ) ‖s_θ(x_σ, σ) − s*‖²,  λ = σ² (default) or g(t)² = 2 ln(σ_max/σ_min) σ²

@@ -10,7 +10,7 @@ from .box_scheduler import BoxSchedulerMixin
 
 
 class ReflectedODEScheduler(BoxSchedulerMixin, SchedulerMixin, ConfigMixin):
-    """Euler on the probability flow dx = −½ s d(σ²) (methods.md §4), then a final denoise.
+    """Euler on the probability flow dx = −½ s d(σ²) (docs/methods.md §4), then a final denoise.
 
     The exact p_σ satisfies the Neumann condition, so its flow is tangent to the walls and needs no reflection; a fold
     catches the rare discretisation overshoot so no sample ever leaves the box. The prior is uniform on the whole box

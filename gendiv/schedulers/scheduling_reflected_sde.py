@@ -1,4 +1,4 @@
-"""The reflected reverse SDE on a box (Lou & Ermon 2023, methods.md §4) as a diffusers scheduler."""
+"""The reflected reverse SDE on a box (Lou & Ermon 2023, docs/methods.md §4) as a diffusers scheduler."""
 from __future__ import annotations
 
 import torch

@@ -72,7 +72,7 @@ REFLECTED_SAMPLERS = {"sde": ReflectedSDEScheduler, "ode": ReflectedODEScheduler
 
 @dataclass
 class ReflectedConfig:
-    """Reflected diffusion on a box (``objective: reflected``, methods.md §4)."""
+    """Reflected diffusion on a box (``objective: reflected``, docs/methods.md §4)."""
 
     box: list = field(default_factory=lambda: [0.0, 1.0])  # [low, high] in every coordinate; the data must lie inside
     sigma_min: float = 0.01
@@ -105,7 +105,7 @@ class ReflectedConfig:
 
 @dataclass
 class GuidanceFreeConfig:
-    """Guidance-free objectives (``objective: gft`` or ``model_guidance``, methods.md §5)."""
+    """Guidance-free objectives (``objective: gft`` or ``model_guidance``, docs/methods.md §5)."""
 
     beta_min: float = 0.0            # gft: β ~ U(beta_min, 1], i.e. guidance scales 1/β up to 1/beta_min
     scale: float = 0.5               # model_guidance: w ∈ [0, 1); its fixed point is CFG at s = 1/(1 − w) (w = ½: s = 2)
@@ -154,7 +154,7 @@ def sample_with(denoiser, source, n: int, cfg: EvalConfig, seed: int, device):
 
 
 class EDMObjective:
-    """EDM denoising (methods.md §0) with label dropout to the null class; Heun sampling; GenDivPipeline."""
+    """EDM denoising (docs/methods.md §0) with label dropout to the null class; Heun sampling; GenDivPipeline."""
 
     def __init__(self, cfg: TrainConfig, source):
         self.cfg = cfg
