@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import InputError
 from .denoiser import UNET_CLASSES, UNetDenoiser
 
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
@@ -39,24 +40,24 @@ def denoiser_kwargs_from_scheduler(scheduler, where: str = "the scheduler") -> d
     pred = cfg.get("prediction_type", "epsilon")
     if name in EDM_SCHEDULERS:
         if pred not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"{where}: {name} with prediction_type={pred!r} is not supported (epsilon, v_prediction, sample)")
+            raise InputError(f"{where}: {name} with prediction_type={pred!r} is not supported (epsilon, v_prediction, sample)")
         return {"parameterization": "edm", "prediction_type": pred, "sigma_data": float(cfg.sigma_data), "c_noise_scale": 1.0}
     if name in FLOW_SCHEDULERS:
         if cfg.get("invert_sigmas"):
-            raise ValueError(f"{where}: {name} with invert_sigmas=True is not supported")
+            raise InputError(f"{where}: {name} with invert_sigmas=True is not supported")
         return {"parameterization": "flow", "prediction_type": "flow"}
     if "beta_schedule" in cfg:
         if pred not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"{where}: {name} with prediction_type={pred!r} is not supported; gendiv reads epsilon, "
+            raise InputError(f"{where}: {name} with prediction_type={pred!r} is not supported; gendiv reads epsilon, "
                              "v_prediction or sample models with a beta schedule")
         schedule = {k: cfg[k] for k in VP_KEYS if k in cfg and cfg[k] is not None}
         if schedule.get("rescale_betas_zero_snr"):
-            raise ValueError(f"{where}: {name} with rescale_betas_zero_snr=True (σ_T = ∞) has no finite EDM σ_max; "
+            raise InputError(f"{where}: {name} with rescale_betas_zero_snr=True (σ_T = ∞) has no finite EDM σ_max; "
                              "not supported")
         schedule.pop("rescale_betas_zero_snr", None)
         return {"parameterization": "vp", "prediction_type": pred, "vp_schedule": schedule,
                 "x0_clip": x0_clip_from_scheduler(cfg)}
-    raise ValueError(f"{where}: unsupported scheduler {name}; gendiv wraps beta-schedule (DDPM-family), EDM and "
+    raise InputError(f"{where}: unsupported scheduler {name}; gendiv wraps beta-schedule (DDPM-family), EDM and "
                      "flow-matching schedulers")
 
 
@@ -71,22 +72,22 @@ def denoiser_from_unet_and_scheduler(unet, scheduler, num_classes: int | None = 
     """
     where = where or type(unet).__name__
     if type(unet).__name__ not in UNET_CLASSES:
-        raise ValueError(f"{where}: the denoising network is a {type(unet).__name__}; gendiv wraps "
+        raise InputError(f"{where}: the denoising network is a {type(unet).__name__}; gendiv wraps "
                          f"{sorted(UNET_CLASSES)}")
     _refuse_learned_variance(unet, scheduler, where)
     embeds = unet.config.get("num_class_embeds")
     if embeds and num_classes is None:
         if null_class is None:
-            raise ValueError(f"{where}: the UNet has num_class_embeds={embeds} but no stated null class; give "
+            raise InputError(f"{where}: the UNet has num_class_embeds={embeds} but no stated null class; give "
                              f"null_class=<index in 0..{embeds - 1}> (teacher.null_class; {embeds - 1} if the last "
                              "embedding is the unconditional one, as in gendiv-trained teachers)")
         if not 0 <= null_class < embeds:
-            raise ValueError(f"{where}: null_class={null_class} is outside the UNet's {embeds} class embeddings")
+            raise InputError(f"{where}: null_class={null_class} is outside the UNet's {embeds} class embeddings")
         num_classes = embeds - 1
         if null_class != embeds - 1:
             unet = _null_class_last(unet, null_class)
     elif null_class is not None and null_class != num_classes:
-        raise ValueError(f"{where}: null_class={null_class} given for a UNet with num_class_embeds={embeds}")
+        raise InputError(f"{where}: null_class={null_class} given for a UNet with num_class_embeds={embeds}")
     return UNetDenoiser.from_unet(unet, num_classes=num_classes, **denoiser_kwargs_from_scheduler(scheduler, where))
 
 
@@ -94,7 +95,7 @@ def _refuse_learned_variance(unet, scheduler, where: str):
     variance = scheduler.config.get("variance_type")
     out_channels = unet.config.get("out_channels") or unet.config.in_channels
     if variance in ("learned", "learned_range") or out_channels == 2 * unet.config.in_channels:
-        raise ValueError(f"{where}: a learned-variance DDPM (scheduler variance_type={variance!r}, UNet out_channels="
+        raise InputError(f"{where}: a learned-variance DDPM (scheduler variance_type={variance!r}, UNet out_channels="
                          f"{out_channels} for {unet.config.in_channels} input channels): its sampler draws with the "
                          "network's predicted variance, which gendiv's samplers and distillation do not model; refused")
 
@@ -131,25 +132,25 @@ def denoiser_from_pipeline_folder(path, null_class: int | None = None) -> UNetDe
     path = Path(path)
     index_file = path / "model_index.json"
     if not index_file.is_file():
-        raise ValueError(f"{path} is neither a diffusers nor a gendiv pipeline folder (no model_index.json)")
+        raise InputError(f"{path} is neither a diffusers nor a gendiv pipeline folder (no model_index.json)")
     index = json.loads(index_file.read_text())
     kind = index.get("_class_name", "?")
     if "vqvae" in index:
-        raise ValueError(f"{path}: {kind} has a vqvae component (a VQ-VAE latent diffusion model): its UNet works on "
+        raise InputError(f"{path}: {kind} has a vqvae component (a VQ-VAE latent diffusion model): its UNet works on "
                          "the VQ-VAE's latents, which gendiv does not model; refused rather than sampled as pixels")
     if "vae" in index or "text_encoder" in index:
-        raise ValueError(f"{path}: {kind} is a latent/text-conditioned pipeline (vae, text_encoder); load it with "
+        raise InputError(f"{path}: {kind} is a latent/text-conditioned pipeline (vae, text_encoder); load it with "
                          "gendiv.models.teachers.load_teacher (distillation: teacher.source + teacher.prompts)")
     missing = [c for c in PIXEL_COMPONENTS if c not in index]
     if missing:
-        raise ValueError(f"{path}: {kind} has no {' and no '.join(missing)} component; gendiv needs a pipeline with a "
+        raise InputError(f"{path}: {kind} has no {' and no '.join(missing)} component; gendiv needs a pipeline with a "
                          "UNet and its scheduler")
     components = {}
     for name in PIXEL_COMPONENTS:
         library, class_name = index[name]
         cls = getattr(diffusers, class_name, None)
         if library != "diffusers" or cls is None:
-            raise ValueError(f"{path}: component {name} is {library}.{class_name}, not a diffusers class gendiv can load")
+            raise InputError(f"{path}: component {name} is {library}.{class_name}, not a diffusers class gendiv can load")
         components[name] = cls.from_pretrained(path / name)
     return denoiser_from_unet_and_scheduler(components["unet"], components["scheduler"], where=f"{path} ({kind})",
                                             null_class=null_class)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 # attention projections: what DMD2's SDXL LoRA and LCM-LoRA adapt, and what every diffusers UNet and transformer has
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -34,11 +36,11 @@ class LoraSpec:
 
     def __post_init__(self):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora rank must be a positive integer, got {self.rank!r}")
+            raise UserError(f"lora rank must be a positive integer, got {self.rank!r}")
         if self.alpha is not None and not self.alpha > 0:
-            raise ValueError(f"lora alpha must be positive, got {self.alpha!r}")
+            raise UserError(f"lora alpha must be positive, got {self.alpha!r}")
         if not self.target_modules:
-            raise ValueError("lora target_modules must name at least one module")
+            raise UserError("lora target_modules must name at least one module")
 
     def peft_config(self):
         from peft import LoraConfig
@@ -53,7 +55,7 @@ def base_network(denoiser) -> nn.Module:
         net = getattr(denoiser, name, None)
         if net is not None:
             return net
-    raise ValueError(f"{type(denoiser).__name__} holds no diffusers network; LoRA needs a UNetDenoiser or "
+    raise UserError(f"{type(denoiser).__name__} holds no diffusers network; LoRA needs a UNetDenoiser or "
                      "PipelineDenoiser")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..condition import Condition
+from ..errors import InputError
 from .from_diffusers import denoiser_kwargs_from_scheduler
 from .latent_text import latents_to_images
 from .pipeline_denoiser import FAMILIES, PipelineDenoiser, pack_text
@@ -71,20 +72,20 @@ def one_step_scheduler(scheduler, denoiser_config, sigma_init: float):
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     if denoiser_config.x0_clip:
-        raise ValueError("the teacher clips x̂₀ (scheduler clip_sample/thresholding) and Euler's step does not: "
+        raise InputError("the teacher clips x̂₀ (scheduler clip_sample/thresholding) and Euler's step does not: "
                          "a stock one-step pipeline cannot reproduce the student")
     if denoiser_config.parameterization == "flow":
         if sigma_init < 1e4:
-            raise ValueError(f"student.sigma_init={sigma_init:g}: a flow pipeline's one step starts from pure noise "
+            raise InputError(f"student.sigma_init={sigma_init:g}: a flow pipeline's one step starts from pure noise "
                              "(t = 1, σ = ∞); set sigma_init ≥ 1e4 for an exported one-step pipeline")
         return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, shift=1.0, use_dynamic_shifting=False)
     if denoiser_config.parameterization != "vp":
-        raise ValueError(f"no stock one-step scheduler for a {denoiser_config.parameterization} teacher")
+        raise InputError(f"no stock one-step scheduler for a {denoiser_config.parameterization} teacher")
     euler = EulerDiscreteScheduler.from_config(scheduler.config, timestep_spacing="trailing")
     euler.set_timesteps(1)
     sigma_max = float(euler.sigmas[0])
     if abs(sigma_init - sigma_max) > 1e-3 * sigma_max:
-        raise ValueError(f"student.sigma_init={sigma_init:g} but the teacher's one-step pipeline starts at σ_max="
+        raise InputError(f"student.sigma_init={sigma_init:g} but the teacher's one-step pipeline starts at σ_max="
                          f"{sigma_max:.4g} (t = {int(euler.timesteps[0])}); set student.sigma_init to {sigma_max:.6g}")
     return euler
 
@@ -117,7 +118,7 @@ def _encode(pipeline, family: str, prompts: list[str]):
             prompts, do_classifier_free_guidance=True, device=device, clean_caption=False,
             max_sequence_length=_call_default(pipeline, "max_sequence_length"))
         return pos, {"mask": mask}, neg, {"mask": neg_mask}
-    raise ValueError(f"the {family} family takes no prompts")
+    raise InputError(f"the {family} family takes no prompts")
 
 
 def _added_ids(pipeline, family: str, net) -> list | None:
@@ -125,7 +126,7 @@ def _added_ids(pipeline, family: str, net) -> list | None:
     size = net.config.sample_size * pipeline.vae_scale_factor
     if family == "sdxl":
         if pipeline.config.get("requires_aesthetics_score"):
-            raise ValueError("an SDXL refiner (requires_aesthetics_score=True) is not a text-to-image teacher; refused")
+            raise InputError("an SDXL refiner (requires_aesthetics_score=True) is not a text-to-image teacher; refused")
         return [size, size, 0, 0, size, size]
     if family == "pixart" and net.use_additional_conditions:
         return [size, size]
@@ -141,7 +142,7 @@ def pipeline_teacher_from_folder(path, index: dict) -> PipelineTeacher:
     component = NETWORK[family]
     library, class_name = index[component]
     if class_name != FAMILIES[family]:
-        raise ValueError(f"{path}: {kind}'s {component} is {library}.{class_name}; gendiv calls {kind} networks "
+        raise InputError(f"{path}: {kind}'s {component} is {library}.{class_name}; gendiv calls {kind} networks "
                          f"of class {FAMILIES[family]}")
     net = getattr(diffusers, class_name).from_pretrained(path / component)
     pipeline = getattr(diffusers, kind).from_pretrained(path, **{component: None})

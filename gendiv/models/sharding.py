@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import InputError
 from .lora import base_network
 
 
@@ -22,7 +23,7 @@ def network_blocks(net: nn.Module) -> list[nn.Module]:
     if getattr(net, "mid_block", None) is not None:
         blocks.append(net.mid_block)
     if not blocks:
-        raise ValueError(f"{type(net).__name__} has no down/up/mid or transformer blocks to shard")
+        raise InputError(f"{type(net).__name__} has no down/up/mid or transformer blocks to shard")
     return blocks
 
 
