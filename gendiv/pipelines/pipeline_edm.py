@@ -61,9 +61,9 @@ class GenDivPipeline(PipelineBase):
             guidance_scale: classifier-free guidance scale s, diffusers' convention (1 = off; the null class of label
                 dropout is the unconditional pass). For a GFT model (scalar condition ``guidance``) it is the model's
                 input instead: one network pass per step.
-            guider: a gendiv guider (``IntervalGuidance(ClassifierFreeGuidance(pipe.denoiser, 2), 0.3, 5)``,
-                ``AutoGuidance(...)``, ...) or a stock diffusers guider (``AdaptiveProjectedGuidance(...)``) in place of
-                ``guidance_scale``.
+            guider: a gendiv guider (``SigmaIntervalGuidedDenoiser(ClassifierFreeGuidedDenoiser(pipe.denoiser, 2), 0.3,
+                5)``, ``AutoGuidedDenoiser(...)``, ...) or a diffusers guider (``AdaptiveProjectedGuidance(...)``)
+                in place of ``guidance_scale``.
             num_inference_steps: scheduler steps (one denoiser call each for Euler).
             sigmas, timesteps: a custom grid handed to ``scheduler.set_timesteps`` as diffusers pipelines do (by
                 ``retrieve_timesteps``); its meaning is the scheduler's (EDMEulerScheduler reads ``sigmas`` as its
