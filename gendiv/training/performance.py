@@ -15,6 +15,10 @@
   allocation (``mallopt``: no mmap below 32 MiB, no trimming) instead of going back to the OS and being page-faulted
   in again, zeroed, on the next pass (tens of thousands of minor page faults per tiny-UNet DMD step without it, none with
   it). The process keeps its peak heap size.
+- ``run.threads: auto`` → one intra-op thread for point (toy) models, where an op is microseconds of work and a second
+  thread adds a barrier to every op that stalls whenever another process holds a core (issue 26: 57 → 1 step/s on
+  2 cores beside one busy process); image models keep PyTorch's default (one thread per core, or $OMP_NUM_THREADS).
+  Both measured alone and beside a busy process by ``eval/bench.py step``. The count is set for the whole process.
 - ``optim.reuse_generator_samples`` (distillation) → the fake-score update trains on the generator step's samples,
   saving one generator pass per generator step (DMD2's order).
 None of these changes the math: tests/test_performance.py compares losses and updates with the plain path.
@@ -29,6 +33,7 @@ from pathlib import Path
 import torch
 
 AUTO_BOOL = ("auto", True, False)
+STARTUP_THREADS = torch.get_num_threads()  # PyTorch's default in this process, before any run changed it
 
 
 @functools.cache
@@ -74,6 +79,19 @@ def keep_freed_memory(setting=True) -> bool:
     return all(libc.mallopt(key, value) == 1 for key, value in values.items())
 
 
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions that decide fp32 and bf16 speed (Linux /proc/cpuinfo; [] elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    found = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return [flag for flag in CPU_FLAGS_OF_INTEREST if flag in found]
+
+
 def default_device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -82,6 +100,21 @@ def resolve_mixed_precision(setting: str, image_data: bool) -> str:
     if setting != "auto":
         return setting
     return "bf16" if image_data and native_bf16(default_device_type()) else "no"
+
+
+def resolve_threads(setting, image_data: bool) -> int:
+    """``run.threads``: a positive int as given; ``auto`` → 1 for point models, PyTorch's own default for images."""
+    if setting != "auto":
+        return int(setting)
+    return STARTUP_THREADS if image_data else 1
+
+
+def apply_threads(setting, image_data: bool) -> int:
+    """Set this process's intra-op thread count for a training run; returns it."""
+    threads = resolve_threads(setting, image_data)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
 
 
 def is_image_source(spec: str) -> bool:
