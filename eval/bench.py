@@ -358,8 +358,13 @@ def bench_step(args) -> str:
     note = "" if "plain bf16" in t else ("\n\nbf16 is not native on this CPU (no AMX/AVX512-BF16 in oneDNN): "
                                          "autocast would emulate it many times slower, so `auto` keeps fp32 here "
                                          "and the bf16 rows are not run.")
+    from gendiv.training.performance import CPU_FLAGS_OF_INTEREST, cpu_flags, native_bf16
+
+    threads = eval_module("threads")
+    flags = (f"CPU flags found: {' '.join(cpu_flags()) or 'none of ' + '/'.join(CPU_FLAGS_OF_INTEREST)}; bf16 "
+             f"{'native' if native_bf16('cpu') else 'emulated'} in oneDNN")
     return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}, "
-            f"median of {args.repeats} alternating rounds\n\n"
+            f"median of {args.repeats} alternating rounds. {flags}\n\n"
             + table(["step", "ms/step", "throughput vs plain fp32", "page faults/step"],
                     [[label, t[k] * 1e3, plain_fp32 / t[k], round(faults[k])] for label, k in rows])
             + f"\n\ngendiv default vs plain loop in fp32: {plain_fp32 / t['default']:.2f}×; vs plain loop at the same "
@@ -368,7 +373,8 @@ def bench_step(args) -> str:
               f"every switch off {100 * (t['off'] / t['floor off'] - 1):.1f}%."
             + "\n\nParts of a step, same process as the default rows (median of 20 interleaved calls):\n\n"
             + table(["part: before → after", "ms before", "ms after", "speed-up"],
-                    [[label, a * 1e3, b * 1e3, a / b] for label, a, b in parts]) + note)
+                    [[label, a * 1e3, b * 1e3, a / b] for label, a, b in parts]) + note
+            + "\n\n" + threads.run(args, sys.modules[__name__]))
 
 
 TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio
@@ -896,6 +902,12 @@ def bench_consistency(args) -> str:
     return eval_module("consistency").run(args, sys.modules[__name__])
 
 
+@benchmark("device")
+def bench_device(args) -> str | None:
+    """The GPU device check (eval/device.py, eval/device_check.sh); measures nothing without a CUDA device."""
+    return eval_module("device").run(args, sys.modules[__name__])
+
+
 @benchmark("teacher_objectives")
 def bench_teacher_objectives(args) -> str:
     """Pseudo-Huber, input perturbation, mirror flow matching and the reflected likelihood on the exact suite
@@ -907,6 +919,12 @@ def bench_teacher_objectives(args) -> str:
 def bench_noise_schedule(args) -> str:
     """Laplace and Cauchy log-SNR σ sampling against the lognormal on digits (eval/noise_schedule.py)."""
     return eval_module("noise_schedule").run(args, sys.modules[__name__])
+
+
+@benchmark("qmc_fid")
+def bench_qmc_fid(args) -> str:
+    """Seed-to-seed spread of FID/KID with i.i.d. vs scrambled-Sobol latents (eval/qmc_fid.py)."""
+    return eval_module("qmc_fid").run(args, sys.modules[__name__])
 
 
 @benchmark("guidance_cfg_aware")
@@ -943,6 +961,7 @@ def main(argv=None):
     p.add_argument("--objective-steps", type=int, default=1000, help="training steps per model (teacher_objectives)")
     p.add_argument("--schedule-steps", type=int, default=400, help="training steps per digits model (noise_schedule)")
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
+    p.add_argument("--qmc-samples", type=int, default=256, help="samples per set (qmc_fid; a power of 2 suits Sobol)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
@@ -955,6 +974,8 @@ def main(argv=None):
     for name in names:
         print(f"== {name} ==", flush=True)
         md = BENCHMARKS[name](args)
+        if md is None:  # nothing measured (e.g. the device check without a device): results and README kept
+            continue
         print(md, flush=True)
         (args.results_dir / f"{name}.md").write_text(md + "\n")
         if args.update_readme:

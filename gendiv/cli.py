@@ -204,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--num-ref", type=int, default=None, help="images to use from REF")
     f.add_argument("--kid", action="store_true", help="also KID (mean ± std over subsets)")
     f.add_argument("--fid-infinity", action="store_true", help="also FID∞ (15-point fit in 1/N)")
-    f.add_argument("--fid-inf-min", type=int, default=5000, help="smallest N of the FID∞ fit")
+    f.add_argument("--inception-score", action="store_true", help="also the Inception Score of GEN (10 splits; "
+                   "needs weights with the classifier, e.g. torch-fidelity's, via --inception-weights)")
+    f.add_argument("--is-infinity", action="store_true", help="also IS∞ (15-point fit in 1/N, as FID∞)")
+    f.add_argument("--fid-inf-min", type=int, default=5000, help="smallest N of the FID∞ and IS∞ fits")
     f.add_argument("--precision-recall", action="store_true", help="also k-NN precision/recall (k=3)")
     f.add_argument("--inception-weights", default=None, help="path of the FID Inception weights file")
     f.add_argument("--json", default=None, help="also write the result here (an existing file needs --overwrite)")

