@@ -27,7 +27,8 @@ from ..fileio import folder_fingerprint
 from .checkpoint import (CheckpointError, checkpoint_step, latest_intact_checkpoint, point_latest, seal_checkpoint,
                          set_aside, tmp_dir_for)
 from .config import ConfigError, check, check_allocation
-from .performance import adamw, apply_compile, apply_memory_format, keep_freed_memory, resolve_mixed_precision
+from .performance import (adamw, apply_compile, apply_memory_format, apply_threads, keep_freed_memory,
+                          resolve_mixed_precision)
 from .run_lock import RunLock
 
 
@@ -38,7 +39,7 @@ class RunExistsError(ConfigError):
 # config keys that may change between a run and its resumption without changing what is computed
 RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints",
                      "run.progress", "run.stop_after", "run.resume", "run.overwrite", "run.trackers", "run.output_dir",
-                     "eval.")
+                     "run.threads", "eval.")
 
 
 FINGERPRINTS = "fingerprints."  # config entries registered by register_fingerprint: content hashes, compared on resume
@@ -63,6 +64,7 @@ class RunConfig:
     compile: bool = False            # torch.compile the trained networks
     fused_optimizer: str | bool = "auto"  # auto: AdamW(fused=True) where PyTorch has it (CUDA, CPU)
     keep_freed_memory: str | bool = "auto"  # auto: on the CPU (glibc), reuse freed memory instead of page-faulting it
+    threads: str | int = "auto"      # torch intra-op threads for the process (auto: 1 for point models, default for images)
     grad_clip: float = 1.0           # max gradient norm (0: off)
     trackers: list = field(default_factory=list)  # accelerate trackers, e.g. [tensorboard]
     resume: bool = False             # continue from the newest intact checkpoint in output_dir/checkpoints
@@ -80,6 +82,8 @@ class RunConfig:
               f"run.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         for key in ("channels_last", "fused_optimizer", "keep_freed_memory"):
             check(getattr(self, key) in ("auto", True, False), f"run.{key} must be auto, true or false, got {getattr(self, key)!r}")
+        check(self.threads == "auto" or (type(self.threads) is int and self.threads >= 1),
+              f"run.threads must be auto or an integer ≥ 1, got {self.threads!r}")
         check(self.grad_clip >= 0, f"run.grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
         check(0 <= self.seed < 2 ** 32, f"run.seed must be in [0, 2³² − 1] (NumPy's seed range), got {self.seed}")
         check(self.stop_after is None or self.stop_after >= 1, f"run.stop_after must be ≥ 1 or null, got {self.stop_after}")
@@ -108,6 +112,7 @@ class TrainingLoop:
         AcceleratorState._reset_state(reset_partial_state=False)
         # cpu=True on CPU-only machines is what makes accelerate see torchrun's ranks (MULTI_CPU over gloo).
         self.mixed_precision = resolve_mixed_precision(run.mixed_precision, image_data)
+        self.threads = apply_threads(run.threads, image_data)
         if run.keep_freed_memory is not False:
             keep_freed_memory(run.keep_freed_memory)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=self.mixed_precision, log_with=list(run.trackers) or None,
