@@ -258,3 +258,16 @@ def test_internal_errors_show_a_traceback_and_debug_reraises(tmp_path, monkeypat
     monkeypatch.setenv("GENDIV_DEBUG", "1")
     with pytest.raises(Exception):  # user errors too: here the folder already holds a run
         main(argv)
+
+
+def test_one_process_may_reopen_its_own_run_folder(tmp_path):
+    """Two trainers of one process on one folder (a notebook resuming) share the lock; the last one gives it up."""
+    from gendiv.training.run_lock import RunLock
+
+    first, second = RunLock.acquire(tmp_path), RunLock.acquire(tmp_path)
+    assert first is second
+    first.release()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()  # still held
+    second.release()
+    assert (tmp_path / ".lock").read_text() == ""
+    RunLock.acquire(tmp_path).release()  # free again

@@ -105,8 +105,8 @@ class TrainingLoop:
         self.restart_from_scratch = False
         self.lock: RunLock | None = None
         self._claim_output_dir()
-        if self.lock is not None:  # given up by fit(), or when the trainer is dropped (e.g. its set-up failed)
-            weakref.finalize(self, self.lock.release)
+        # the folder is given up once: by fit(), or when the trainer is dropped (e.g. its set-up failed)
+        self.release_output_dir = weakref.finalize(self, self.lock.release) if self.lock is not None else lambda: None
         # AcceleratorState is a process-wide singleton; a second trainer in the same process (a teacher, then a
         # distillation run) may ask for another precision, so drop the old state but keep the distributed one.
         AcceleratorState._reset_state(reset_partial_state=False)
@@ -224,6 +224,7 @@ class TrainingLoop:
 
     def _check_weights_finite(self):
         """Only finite states are checkpointed: every trained network and EMA copy, checked before writing."""
+        # accelerate keeps every prepared network in _models (it has no public list of them)
         networks = {f"network {i}": self.accelerator.unwrap_model(m) for i, m in enumerate(self.accelerator._models)}
         networks.update({f"EMA of {name}": ema for name, (ema, _, _) in self.ema.items()})
         for label, module in networks.items():
@@ -407,9 +408,7 @@ class TrainingLoop:
         try:
             return self._fit()
         finally:
-            if self.lock is not None:
-                self.lock.release()
-                self.lock = None
+            self.release_output_dir()
 
     def _fit(self) -> dict:
         run = self.run
