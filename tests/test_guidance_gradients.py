@@ -172,6 +172,13 @@ def test_training_free_guidance_in_a_pipeline_and_its_bad_input():
                          generator=torch.Generator().manual_seed(0), guider=g).images
     guided = run(TrainingFreeGuidedDenoiser.dps(den, loglik, variance_scale=2.0))  # inside the pipeline's no_grad
     assert torch.isfinite(guided).all() and not torch.allclose(guided, run(None))
+    unconditional = GenDivPipeline.from_denoiser(MLPDenoiser(dim=2, hidden=32, depth=1))  # labels: the guide's only
+    unconditional.set_progress_bar_config(disable=True)
+    toward = unconditional(batch_size=4, class_labels=labels, num_inference_steps=4, output_type="pt",
+                           guider=ClassifierGuidedDenoiser(unconditional.denoiser, CLASSIFIER, 2.0)).images
+    assert torch.isfinite(toward).all()
+    with pytest.raises(ValueError, match="class_labels given but the model is unconditional"):
+        unconditional(batch_size=4, class_labels=labels, num_inference_steps=2)
     with pytest.raises(ValueError, match=r"recurrence=2\) re-noises and repeats each step \(time travel\), which a "
                                          "scheduler's step cannot do"):
         run(TrainingFreeGuidedDenoiser.freedom(den, loglik, recurrence=2))

@@ -11,14 +11,15 @@ from .tsg import TimestepGuidedDenoiser
 from .classifier import ClassifierGuidedDenoiser, NoiseConditionalClassifier, classifier_loss
 from .training_free import ClassifierLogLikelihood, TrainingFreeGuidedDenoiser, sample_time_travel
 from .diffusers_guiders import DiffusersGuidedDenoiser, IndependentConditionGuider, SigmaIntervalGuider  # noqa: E402
-from .resolve import resolve_guider  # noqa: E402
+from .resolve import resolve_guider, target_classes  # noqa: E402
 from .from_config import guider_from_config  # noqa: E402
 
 __all__ = ["GuidedDenoiser", "ClassifierFreeGuidedDenoiser", "IndependentConditionGuidedDenoiser",
            "SigmaIntervalGuidedDenoiser", "AutoGuidedDenoiser", "UnconditionalPriorGuidedDenoiser",
            "TimestepGuidedDenoiser", "ClassifierGuidedDenoiser", "NoiseConditionalClassifier", "classifier_loss",
            "ClassifierLogLikelihood", "TrainingFreeGuidedDenoiser", "sample_time_travel", "DiffusersGuidedDenoiser",
-           "IndependentConditionGuider", "SigmaIntervalGuider", "resolve_guider", "guider_from_config"]
+           "IndependentConditionGuider", "SigmaIntervalGuider", "resolve_guider", "target_classes",
+           "guider_from_config"]
 
 # Names before the two hierarchies were told apart (issue 20); importable, with a DeprecationWarning.
 DEPRECATED_NAMES = {

@@ -42,6 +42,13 @@ def condition_for(denoiser: nn.Module, cond: Condition | None) -> Condition | No
     return Condition(scalars=dict(cond.scalars)) if cond.scalars else None
 
 
+def classifier_classes(classifier) -> int | None:
+    """The number of classes a classifier module declares (``config.num_classes`` or ``num_classes``), if any."""
+    config = getattr(classifier, "config", None)
+    n = config.get("num_classes") if isinstance(config, dict) else getattr(config, "num_classes", None)
+    return n if n is not None else getattr(classifier, "num_classes", None)
+
+
 def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log p(c | ·) of each sample's label from unnormalised logits [B, C]."""
     return F.log_softmax(logits, dim=1).gather(1, labels.to(logits.device).long()[:, None])[:, 0]
@@ -98,6 +105,7 @@ class ClassifierGuidedDenoiser(GuidedDenoiser):
         if conditional_base and denoiser.config.get("num_classes") is None:
             raise ValueError("conditional_base=True needs a class-conditional denoiser; this one is unconditional")
         self.classifier, self.conditional_base = classifier, bool(conditional_base)
+        self.target_classes = classifier_classes(classifier)  # labels a pipeline accepts for an unconditional model
 
     def is_off(self, cond) -> bool:
         return False  # s = 1 is the (Bayes) conditional model, not the network alone: always add the gradient

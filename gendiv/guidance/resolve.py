@@ -11,6 +11,14 @@ from .diffusers_guiders import DiffusersGuidedDenoiser, SigmaIntervalGuider
 from .interval import SigmaIntervalGuidedDenoiser
 
 
+def target_classes(denoiser, guider=None) -> int | None:
+    """The class labels a pipeline may draw or accept: the model's, or for an unconditional model guided toward a
+    class (classifier, training-free guidance) the guide's."""
+    if denoiser.config.get("num_classes") is not None or not isinstance(guider, torch.nn.Module):
+        return denoiser.config.get("num_classes")
+    return next((m.target_classes for m in guider.modules() if getattr(m, "target_classes", None)), None)
+
+
 def schedule_sigmas(scheduler) -> torch.Tensor:
     """The σ of each step, read from the scheduler's own ``sigmas`` (never rebuilt from timesteps), after
     ``set_timesteps``: one per timestep (EDM schedulers append a final 0 that no step evaluates)."""

@@ -32,7 +32,7 @@ from torch import nn
 from ..condition import as_condition
 from ..space import append_dims, as_sigma_batch, sigma_dtype
 from .base import GuidedDenoiser, check_scale
-from .classifier import condition_for, input_gradient, label_log_prob
+from .classifier import classifier_classes, condition_for, input_gradient, label_log_prob
 
 
 class ClassifierLogLikelihood(nn.Module):
@@ -42,6 +42,7 @@ class ClassifierLogLikelihood(nn.Module):
     def __init__(self, classifier: nn.Module, sigma: float | None = None):
         super().__init__()
         self.classifier, self.sigma = classifier, sigma
+        self.target_classes = classifier_classes(classifier)
 
     def forward(self, x0: torch.Tensor, cond) -> torch.Tensor:
         if cond is None or cond.class_labels is None:

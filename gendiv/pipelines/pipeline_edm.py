@@ -5,7 +5,7 @@ import torch
 from diffusers import EDMEulerScheduler
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from ..guidance import resolve_guider
+from ..guidance import resolve_guider, target_classes
 from ..models.denoiser import sample_shape
 from .base import PipelineBase
 from .output import as_grid, check_generator, check_positive_int, initial_noise, make_class_labels, postprocess
@@ -85,8 +85,8 @@ class GenDivPipeline(PipelineBase):
         check_generator(generator, total)
         names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator,
-                                   per_label)
+        labels = make_class_labels(class_labels, batch_size, target_classes(self.denoiser, guider), device, generator,
+                                   per_label)  # an unconditional model takes labels for a classifier guide
         x = initial_noise(sample_shape(self.denoiser, total), generator, device, latents)
         custom = sigmas is not None or timesteps is not None
         steps, _ = retrieve_timesteps(self.scheduler, None if custom else num_inference_steps, device,

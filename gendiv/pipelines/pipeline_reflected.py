@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from ..guidance import resolve_guider
+from ..guidance import resolve_guider, target_classes
 from ..models.denoiser import sample_shape
 from .base import PipelineBase
 from .output import (as_grid, check_generator, check_latents, check_positive_int, draw_per_sample, make_class_labels,
@@ -65,8 +65,8 @@ class ReflectedDiffusionPipeline(PipelineBase):
         check_generator(generator, total)
         names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
-        labels = make_class_labels(class_labels, batch_size, self.denoiser.config.num_classes, device, generator,
-                                   per_label)
+        labels = make_class_labels(class_labels, batch_size, target_classes(self.denoiser, guider), device, generator,
+                                   per_label)  # an unconditional model takes labels for a classifier guide
         custom = sigmas is not None or timesteps is not None
         steps, _ = retrieve_timesteps(self.scheduler, None if custom else num_inference_steps, device,
                                       as_grid(timesteps), as_grid(sigmas))

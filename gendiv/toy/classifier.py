@@ -16,6 +16,7 @@ class AnalyticClassifier(nn.Module):
         if distribution.component_class is None:
             raise ValueError(f"{distribution.name} is unconditional: it has no classes to classify")
         self.distribution = distribution
+        self.num_classes = distribution.num_classes
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
         dist = self.distribution
