@@ -150,8 +150,8 @@ def run(args, bench) -> str:
     return (f"ring8_imbalanced (analytic teacher), {args.consistency_steps} training steps per method "
             f"(configs/distill_ring_<method>.yaml), 2000 samples from the same latents for every row; mean ± std over "
             f"{args.seeds} seeds (run.seed 0..{args.seeds - 1}); {jobs} parallel run(s) × 1 thread; {model}; "
-            f"{bench.machine()}. Exact-map error: RMS ‖x − Φ(σ_max z)‖ to the exact probability-flow map (RK4 in log σ, "
-            "float64), reported where sampling is deterministic (one pass, or MeanFlow's flow-map jumps); "
+            f"{bench.machine()}. Exact-map error: RMS ‖x − Φ(σ_max z)‖ to the exact probability-flow map "
+            "(RK4 in log σ, float64), reported where sampling is deterministic (one pass, or MeanFlow's jumps); "
             "few-step consistency samples re-noise, so only their W₂ is shown.\n\n"
             + bench.table(["model", "NFE", "sliced W₂ ↓", "exact-map error ↓", "train s (mean)"], table_rows))
 
