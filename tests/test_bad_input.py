@@ -134,8 +134,14 @@ CLI_CASES = [
      r"reflected: need 0 < sigma_min < sigma_max, got sigma_min=0"),
     ("reflected: box high ≤ low", TRAIN + ["objective=reflected", "reflected.box=[1, 0]"],
      r"reflected\.box needs high > low, got \[1, 0\]"),
-    ("unknown objective", TRAIN + ["objective=flow"], r"objective must be one of \['edm', 'gft', 'model_guidance', "
-     r"'reflected'\], got 'flow'"),
+    ("unknown objective", TRAIN + ["objective=flow"], r"objective must be one of \[.*'edm', 'gft', .*'reflected'\], "
+     r"got 'flow'"),
+    ("mirror_flow: data outside the simplex", TRAIN + ["objective=mirror_flow"],
+     r"data \(toy:ring8_imbalanced\): \d+ of 4096 points lie outside the simplex"),
+    ("pseudo_huber: c0 = 0", TRAIN + ["objective=pseudo_huber", "teacher_loss.huber_c0=0"],
+     r"teacher_loss\.huber_c0 must be > 0, got 0"),
+    ("reflected: unknown likelihood divergence", TRAIN + ["objective=reflected", "reflected.likelihood_divergence=trace"],
+     r"reflected\.likelihood_divergence must be one of \('exact', 'hutchinson'\), got 'trace'"),
     ("CFG on an unconditional teacher", DISTILL + ["teacher.guidance_scale=2"],
      r"teacher\.guidance_scale=2\.0 needs a class-conditional teacher"),
     ("gft: β outside (0, 1]", TRAIN + ["objective=gft", "data.source=toy:conditional2d", "guidance_free.beta_min=1.5"],
