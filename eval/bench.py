@@ -596,10 +596,9 @@ def bench_reflected_fid(args) -> str:
     (16×16, class-conditional, configs/reflected_digits.yaml vs configs/teacher_digits.yaml, ``--image-steps``
     steps each), FID of 1,000 samples against the 1,797 real digits with gendiv's offline FID."""
     from gendiv.metrics.fid import compute_features
-    from gendiv.metrics.frechet import FeatureStats, frechet_distance
     from gendiv.metrics.images import dataset_images, pipeline_images
     out = ROOT / "runs" / "bench_reflected_fid"  # scratch runs of this benchmark, replaced on every run
-    ref = FeatureStats.from_features(compute_features(dataset_images("digits"), progress=False))
+    ref_feats = compute_features(dataset_images("digits"), progress=False)
     rows, grids = [], {}
     for label, config, sampling in (("EDM (unreflected), Euler 18 steps", "teacher_digits.yaml", "18 NFE"),
                                     ("reflected, SDE 100 steps", "reflected_digits.yaml", "100 NFE")):
@@ -608,13 +607,12 @@ def bench_reflected_fid(args) -> str:
         t = time.time()
         images = pipeline_images(run / "pipeline", 1000)
         sample_s = time.time() - t
-        fid = frechet_distance(ref, FeatureStats.from_features(compute_features(images, progress=False)))
         grids[label] = run / "samples_final.png"
-        rows.append([label, f"{fid:.1f}", sampling, f"{train_s:.0f}", f"{sample_s:.0f}"])
+        rows.append([label, *fid_and_kid(ref_feats, images), sampling, f"{train_s:.0f}", f"{sample_s:.0f}"])
     _montage(grids, args.results_dir / "reflected_fid.png")
     return (f"Digits 16×16, {args.image_steps} training steps each, same UNet (32/64), FID of 1,000 samples vs the "
-            f"1,797 real digits (clean resize), {machine()}\n\n"
-            + table(["model", "FID", "sampling", "train s", "sampling s (1,000)"], rows)
+            f"1,797 real digits (clean resize){fid_caveat(1000)}, {machine()}\n\n"
+            + table(["model", "FID", "KID × 10³", "sampling", "train s", "sampling s (1,000)"], rows)
             + "\n\n![digit samples, ordinary vs reflected](eval/results/reflected_fid.png)")
 
 
@@ -798,11 +796,10 @@ def bench_guidance_fid(args) -> str:
     Euler steps (1 pass each) vs CFG at 9 steps (2 passes each, the same number of network passes) and at 18 steps."""
     from gendiv import GenDivPipeline
     from gendiv.metrics.fid import compute_features
-    from gendiv.metrics.frechet import FeatureStats, frechet_distance
     from gendiv.metrics.images import dataset_images, to_rgb_uint8
 
     out = ROOT / "runs" / "bench_guidance_fid"
-    ref = FeatureStats.from_features(compute_features(dataset_images("digits"), progress=False))
+    ref_feats = compute_features(dataset_images("digits"), progress=False)
     train_s = {name: _train_run(config, out / name, [f"run.steps={args.image_steps}"])
                for name, config in (("cfg", "teacher_digits.yaml"), ("gft", "gft_digits.yaml"))}
     rows = []
@@ -815,12 +812,11 @@ def bench_guidance_fid(args) -> str:
             arr = pipe(batch_size=100, guidance_scale=2.0, num_inference_steps=steps, generator=g, output_type="np").images
             images += [to_rgb_uint8((a * 255).round().astype("uint8")) for a in arr]
         elapsed = time.time() - t
-        fid = frechet_distance(ref, FeatureStats.from_features(compute_features(images, progress=False)))
         passes = steps * (1 if name == "gft" else 2)
-        rows.append([label, steps, passes, f"{fid:.1f}", f"{elapsed:.1f}", f"{train_s[name]:.0f}"])
+        rows.append([label, steps, passes, *fid_and_kid(ref_feats, images), f"{elapsed:.1f}", f"{train_s[name]:.0f}"])
     return (f"Digits 16×16, guidance scale 2, {args.image_steps} training steps per model, FID of 1,000 samples vs the "
-            f"1,797 real digits, {machine()}\n\n"
-            + table(["model", "Euler steps", "network passes", "FID", "sampling s", "train s"], rows))
+            f"1,797 real digits{fid_caveat(1000)}, {machine()}\n\n"
+            + table(["model", "Euler steps", "network passes", "FID", "KID × 10³", "sampling s", "train s"], rows))
 
 
 @benchmark("frechet")
@@ -853,6 +849,26 @@ def bench_frechet(args) -> str:
             ["gendiv, cached reference √Σ", t_warm, t_scipy / t_warm]]
     return (f"Fréchet distance, d = 2048, {machine()}\n\n"
             + table(["method", "s/call", "speed-up vs sqrtm"], rows) + f"\n\n|Δ FID| between the two forms: {diff:.2e}")
+
+
+UNBIASED_FID_SAMPLES = 5000
+
+
+def fid_and_kid(ref_feats, images) -> tuple[str, str]:
+    """FID and KID × 10³ (mean ± std over subsets) of generated images against reference features, as table cells;
+    an FID of fewer than 5,000 samples is marked biased (it is biased high, more so the fewer the samples)."""
+    from gendiv.metrics import FeatureStats, compute_features, frechet_distance, kid
+
+    feats = compute_features(images, progress=False)
+    fid = frechet_distance(FeatureStats.from_features(ref_feats), FeatureStats.from_features(feats))
+    kid_mean, kid_std = kid(ref_feats, feats)
+    biased = " (biased)" if len(feats) < UNBIASED_FID_SAMPLES else ""
+    return f"{fid:.1f}{biased}", f"{1e3 * kid_mean:.2f} ± {1e3 * kid_std:.2f}"
+
+
+def fid_caveat(n: int) -> str:
+    return (f"; FID of {n:,} < {UNBIASED_FID_SAMPLES:,} samples is biased high (compare within the table), KID beside it"
+            if n < UNBIASED_FID_SAMPLES else "")
 
 
 def _montage(panels: dict, path: Path, side_by_side: bool = False):

@@ -54,9 +54,10 @@ def timed_rounds(fns: dict, device: str, repeats: int, warmup: int = 2) -> dict:
 
 
 # -- (1) kernels ------------------------------------------------------------------------------------------------
-def bandwidth(device: str, megabytes: int = 512) -> tuple[float, float | None]:
-    """(measured GB/s of a device-to-device copy: bytes read + written, datasheet GB/s or None)."""
-    n = megabytes * 2 ** 20 // 4
+def bandwidth(device: str) -> tuple[float, float | None]:
+    """(measured GB/s of a device-to-device copy of 512 MiB (16 MiB on the CPU): bytes read + written, datasheet GB/s
+    or None)."""
+    n = (512 if device.startswith("cuda") else 16) * 2 ** 20 // 4
     src, dst = torch.empty(n, device=device), torch.empty(n, device=device)
     t = timed_rounds({"copy": lambda: dst.copy_(src)}, device, repeats=10)["copy"]
     measured = 2 * n * 4 / t / 1e9
@@ -214,7 +215,7 @@ def plain_dmd2_step(nets, optimizers, z, device: str):
     loss_f.backward()
     opt_f.step()
     opt_f.zero_grad(set_to_none=True)
-    return float(loss), float(loss_f)
+    return float(loss.detach()), float(loss_f.detach())
 
 
 def _optimizers(nets, gendiv_defaults: bool):
