@@ -2,7 +2,9 @@
 
 - ``run.mixed_precision: auto`` → bf16 autocast for image models where the device computes bf16 natively (CUDA
   with bf16, or a CPU whose oneDNN has bf16 kernels: AMX / AVX512-BF16), else fp32. On a CPU without them bf16 is
-  emulated and many times slower (measured 16× on an AVX2 EPYC), so it is never chosen there. Point (toy) models
+  emulated and many times slower (measured 16× on an AVX2 EPYC), so it is never chosen there; with AVX512-BF16
+  alone (an EPYC without AMX) bf16 autocast made the tiny-UNet DMD step faster than fp32 (the step table's bf16
+  rows, issue 26), so native bf16 without AMX counts too. Point (toy) models
   stay fp32: they gain nothing and their exact metrics are read at fp32 precision. Ratios, normalisers and the
   surrogate are computed in fp32 under autocast either way (the kernels upcast).
 - ``run.channels_last: auto`` → UNet weights in channels-last memory format (oneDNN/cuDNN's preferred layout; on an
