@@ -9,9 +9,9 @@ from . import reflection, space  # noqa: F401
 from .condition import Condition
 from .guidance import ClassifierFreeGuidedDenoiser
 from .models import DiscriminatorHead, MLPDenoiser, OneStepGenerator, UNetDenoiser
-from .pipelines import GenDivPipeline, OneStepPipeline, OneStepTextToImagePipeline, ReflectedDiffusionPipeline, load_pipeline
+from .pipelines import (GenDivPipeline, MirrorFlowMatchingPipeline, OneStepPipeline, OneStepTextToImagePipeline,
+                        ReflectedDiffusionPipeline, load_pipeline)
 from .mirror import VelocityMLP
-from .pipelines.pipeline_mirror_flow import MirrorFlowMatchingPipeline
 from .schedulers import ReflectedODEScheduler, ReflectedSDEScheduler, ThresholdedSDEScheduler
 from .toy import AnalyticDenoiser, GaussianMixture, get_distribution
 

@@ -11,7 +11,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from scipy import stats
 
-from gendiv import MirrorFlowMatchingPipeline, VelocityMLP
+from gendiv import MirrorFlowMatchingPipeline, VelocityMLP, load_pipeline
 from gendiv.mirror import dual_dim, from_dual, inside_mask, student_t, to_dual
 from gendiv.objectives.mirror_flow import mirror_flow_loss
 from gendiv.toy import get_distribution
@@ -130,6 +130,38 @@ def test_pipeline_save_load_in_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     torch.testing.assert_close(torch.load(tmp_path / "x.pt"), x)
+    assert type(load_pipeline(str(tmp_path))).__name__ == "MirrorFlowMatchingPipeline"
+
+
+def test_pipeline_diffusers_habits():
+    """A generator list draws sample i from generator i alone; latents replace the prior draw; a step-end callback
+    sees (and may edit) the dual sample; bad arguments are one-line errors."""
+    torch.manual_seed(0)
+    pipe = MirrorFlowMatchingPipeline(VelocityMLP(dim=2, hidden=16, depth=1), FlowMatchEulerDiscreteScheduler(),
+                                      "simplex")
+    pipe.set_progress_bar_config(disable=True)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6, 7)]  # noqa: E731
+    three = pipe(batch_size=3, num_inference_steps=3, generator=gens(), return_dual=True)
+    alone = pipe(batch_size=1, num_inference_steps=3, generator=[torch.Generator().manual_seed(6)]).images
+    torch.testing.assert_close(three.images[1:2], alone)
+    prior = student_t((3, 2), 5.0, 1.0, torch.Generator().manual_seed(8))
+    torch.testing.assert_close(pipe(batch_size=3, num_inference_steps=3, latents=prior).images,
+                               pipe(batch_size=3, num_inference_steps=3, generator=torch.Generator().manual_seed(8)).images)
+    seen = []
+
+    def to_zero(p, i, t, tensors):
+        seen.append(i)
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    x = pipe(batch_size=2, num_inference_steps=3, callback_on_step_end=to_zero).images
+    assert seen == [0, 1, 2] and pipe.num_timesteps == 3
+    torch.testing.assert_close(x, torch.full((2, 3), 1 / 3))  # y = 0 is the simplex's centre
+    with pytest.raises(ValueError, match="latents must have shape \\(2, 2\\)"):
+        pipe(batch_size=2, latents=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        pipe(batch_size=0)
+    with pytest.raises(ValueError, match="unknown mirror domain 'cube'"):
+        MirrorFlowMatchingPipeline(pipe.velocity, pipe.scheduler, "cube")
 
 
 @pytest.mark.parametrize("config", ["mirror_flow_dirichlet.yaml", "mirror_flow_ball.yaml"])

@@ -13,7 +13,7 @@ from .base import saved_class_name
 
 # gendiv's pipeline classes, by the class name their saved model_index.json carries
 GENDIV_PIPELINES = ("GenDivPipeline", "OneStepPipeline", "OneStepTextToImagePipeline", "ReflectedDiffusionPipeline",
-                    "FewStepPipeline")
+                    "FewStepPipeline", "MirrorFlowMatchingPipeline")
 
 
 def read_class_name(path) -> str | None:

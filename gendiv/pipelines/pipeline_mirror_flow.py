@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..mirror import DOMAINS, dual_dim, from_dual, student_t
-from .output import check_positive_int, postprocess
+from .base import PipelineBase
+from .output import check_generator, check_latents, check_positive_int, draw_per_sample, postprocess
 
 
 @dataclass
@@ -20,7 +20,7 @@ class MirrorFlowOutput(BaseOutput):
     dual: torch.Tensor | None = None
 
 
-class MirrorFlowMatchingPipeline(DiffusionPipeline):
+class MirrorFlowMatchingPipeline(PipelineBase):
     """A :class:`~gendiv.mirror.VelocityMLP` in the dual space of ``domain`` with diffusers'
     ``FlowMatchEulerDiscreteScheduler``: Student-t prior at t = 1, Euler to t = 0, then ∇φ* back into the domain.
 
@@ -46,27 +46,41 @@ class MirrorFlowMatchingPipeline(DiffusionPipeline):
         return d + 1 if self.config.domain == "simplex" else d
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, num_inference_steps: int = 100, generator: torch.Generator | None = None,
-                 output_type: str = "pt", return_dict: bool = True, return_dual: bool = False):
+    def __call__(self, batch_size: int = 1, num_inference_steps: int = 100, generator=None, latents=None,
+                 output_type: str = "pt", return_dict: bool = True, return_dual: bool = False,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs: list[str] = ("latents",)):
         """Generate points inside the domain.
 
         Args:
             batch_size: number of samples.
             num_inference_steps: Euler steps (one velocity evaluation each).
-            generator: torch.Generator for a reproducible prior draw.
+            generator: a torch.Generator, or a list of one per sample (sample i drawn from generator i alone).
+            latents: dual-space prior samples [B, m] to start from instead of a Student-t draw.
             output_type: ``"pt"`` or ``"np"`` (points).
             return_dict: return a ``MirrorFlowOutput`` (``.images``: the points) instead of a tuple.
             return_dual: also return the dual-space samples (``.dual``), before the inverse mirror map.
+            callback_on_step_end: ``callback(pipe, i, t, tensors) -> dict`` after each step (diffusers' convention;
+                ``"latents"`` is the dual-space sample).
+            callback_on_step_end_tensor_inputs: the tensors it receives.
         """
         batch_size = check_positive_int(batch_size, "batch_size")
         check_positive_int(num_inference_steps, "num_inference_steps")
+        check_generator(generator, batch_size)
+        names = self._callback_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         shape = (batch_size, dual_dim(self.config.domain, self.data_dim))
-        y = student_t(shape, self.config.prior_dof, self.config.prior_scale, generator).to(device)
+        if latents is None:
+            c = self.config
+            y = draw_per_sample(lambda sh, g: student_t(sh, c.prior_dof, c.prior_scale, g), shape, generator).to(device)
+        else:
+            y = check_latents(latents, shape, device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
+        self._num_timesteps = len(self.scheduler.timesteps)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             v = self.velocity(y, t / self.scheduler.config.num_train_timesteps)
             y = self.scheduler.step(v, t, y, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                y = self._step_end(callback_on_step_end, names, i, t, {"latents": y})["latents"]
         x = from_dual(y.double(), self.config.domain).to(y.dtype)
         out = postprocess(x, output_type)
         self.maybe_free_model_hooks()
