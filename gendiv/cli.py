@@ -51,6 +51,7 @@ def _sample(args):
     import torch
 
     from .plotting import image_grid, scatter_plot
+    from .training.config import check_allocation
 
     _positive(args.num_samples, "--num-samples")
     _positive(args.steps, "--steps")
@@ -67,8 +68,13 @@ def _sample(args):
             raise UserError(f"--truth: {e}") from None
     pipe, kwargs = _pipeline_for_sampling(path, args)
     try:
+        probe = pipe(output_type="pt", generator=torch.Generator().manual_seed(args.seed), **_one_sample(kwargs)).images
+        check_allocation(f"--num-samples {args.num_samples} of samples shaped {list(probe.shape[1:])}",
+                         4 * args.num_samples * probe[0].numel() * 4, pipe.device, "lower --num-samples")
         out = pipe(output_type="pt", generator=torch.Generator().manual_seed(args.seed), **kwargs).images
     except ValueError as e:  # diffusers' habit: a pipeline refuses bad __call__ arguments with ValueError
+        if isinstance(e, UserError):
+            raise
         raise UserError(f"{path} refused the arguments (--class-label, --steps, --num-samples, --prompt): {e}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)
     # samples: floats in [0, 1] (images) or the model's own coordinates (points), as value_range declares
@@ -85,6 +91,12 @@ def _sample(args):
     else:
         image_grid(outputs[1], out * 2 - 1, title=f"{len(out)} samples from {path}")
     print(f"wrote {outputs[0]} and {outputs[1]}")
+
+
+def _one_sample(kwargs: dict) -> dict:
+    """The same call for one sample in one step: its output's shape, before the real call allocates them all."""
+    one = {**kwargs, **({"batch_size": 1} if "batch_size" in kwargs else {"num_images_per_prompt": 1})}
+    return {**one, "num_inference_steps": 1} if "num_inference_steps" in one else one
 
 
 def _refuse_existing(paths: list[Path], overwrite: bool, flag: str):

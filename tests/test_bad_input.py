@@ -221,6 +221,10 @@ CLI_CASES += [
     ("fid: REF pipeline without --num-ref", FID + ["{t}/onestep"], r"REF .*onestep is a pipeline: .*\(--num-ref\)"),
     ("fid: one image", ["fid", "{t}/one.npz", "{t}/imgs.npz"], r"gives 1 image\(s\); statistics need at least 2"),
     ("fid: bool images", ["fid", "{t}/bool.npz", "{t}/imgs.npz"], r"images must be integers \(0\.\.255\) or floats"),
+    ("switch not a bool", TRAIN + ["data.use_labels=maybe"], r"data\.use_labels: expected true/false, got 'maybe'"),
+    ("unknown toy", TRAIN + ["data.source=toy:nope"], r"data\.source: unknown toy distribution 'nope'"),
+    ("sample: too many", ["sample", "--pipeline", "{t}/onestep", "--num-samples", "100000000000", "--out", "{t}/s"],
+     r"--num-samples 100000000000 of samples shaped \[2\] needs at least [\d,.]+ GiB"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES.append(("fp16 on a CPU", TRAIN + ["run.mixed_precision=fp16"],

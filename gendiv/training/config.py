@@ -100,6 +100,8 @@ def _coerce(value, hint, where: str):
         if bool in types:
             return value
         raise ConfigError(f"{where}: expected {_type_name(types)}, got {value!r}")
+    if set(types) <= {bool, type(None)}:  # a plain switch: 'maybe' or 1 is not a silent true
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
     if int in types and float not in types:
         number = value
         if isinstance(value, str):

@@ -164,7 +164,10 @@ def build_source(source: str, image_size: int | None = None, channels: int | Non
     if kind in ("folder", "npz") and not arg.strip():
         raise InputError(f"data.source={source!r} names no path; use {kind}:<path>")
     if kind == "toy":
-        return ToySource(get_distribution(arg))
+        try:
+            return ToySource(get_distribution(arg))
+        except ValueError as e:  # an unknown name: the message lists the known ones
+            raise InputError(f"data.source: {e}") from None
     if kind == "digits":
         return load_digits_source(image_size, use_labels)
     if kind == "mnist":
