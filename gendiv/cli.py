@@ -109,7 +109,7 @@ def _refuse_existing(paths: list[Path], overwrite: bool, flag: str):
 
 
 def _pipeline_for_sampling(path: Path, args):
-    """The saved pipeline (see gendiv.metrics.images.load_sampling_pipeline) and the __call__ arguments its class takes."""
+    """The saved pipeline (gendiv.metrics.images.load_sampling_pipeline) and the __call__ arguments its class takes."""
     from .metrics.images import load_sampling_pipeline
 
     pipe, name = load_sampling_pipeline(path, "gendiv sample")

@@ -107,7 +107,8 @@ def precomputed_reference(spec: str, resize: str, weights=None, num_samples=None
 
 
 def _reference_cache(spec: str, num_samples, resize: str, model) -> tuple[Path, Path]:
-    key = hashlib.sha256(f"{spec}|{num_samples}|{resize}|{model.weights_sha256}|{_source_fingerprint(spec)}".encode()).hexdigest()[:16]
+    identity = f"{spec}|{num_samples}|{resize}|{model.weights_sha256}|{_source_fingerprint(spec)}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cache_dir() / f"ref-{key}.npz", cache_dir() / f"ref-{key}-features.npy"
 
 

@@ -184,7 +184,8 @@ def check_pipeline_images(path: str | Path):
                          f"`gendiv sample --pipeline {path} --prompt TEXT --num-samples N --out gen` and pass gen.npz")
     probe = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), output_type="pt").images
     if probe.ndim != 4:
-        raise InputError(f"{path} generates points of shape {tuple(probe.shape[1:])}, not images: FID needs an image model")
+        raise InputError(f"{path} generates points of shape {tuple(probe.shape[1:])}, not images: FID needs an "
+                         "image model")
     return pipe
 
 

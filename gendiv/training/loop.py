@@ -213,7 +213,8 @@ class TrainingLoop:
 
     def _set_aside_diverged(self, failed_step: int) -> Path | None:
         """After step ``failed_step`` diverged, the checkpoint of the step before it is not good either (resuming
-        from it fails at once): rename such checkpoints ``*.diverged`` (kept, not deleted). Returns the newest good one."""
+        from it fails at once): rename such checkpoints ``*.diverged`` (kept, not deleted). Returns the newest good
+        one."""
         if self.is_main and self.ckpt_root.is_dir():
             for folder in self.ckpt_root.glob("step-*"):
                 step = checkpoint_step(folder)
