@@ -115,7 +115,8 @@ def _encode(pipeline, family: str, prompts: list[str]):
         return pos, {"pooled": pooled}, neg, {"pooled": neg_pooled}
     if family == "pixart":
         pos, mask, neg, neg_mask = pipeline.encode_prompt(
-            prompts, do_classifier_free_guidance=True, device=device, clean_caption=False,
+            prompts, do_classifier_free_guidance=True, device=device,
+            clean_caption=_call_default(pipeline, "clean_caption"),  # as __call__ (off without bs4 and ftfy)
             max_sequence_length=_call_default(pipeline, "max_sequence_length"))
         return pos, {"mask": mask}, neg, {"mask": neg_mask}
     raise InputError(f"the {family} family takes no prompts")
