@@ -250,9 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truth", default=None, help="point models: a toy distribution (e.g. ring8_imbalanced) drawn beside "
                    "the samples, on the same axes")
     s.set_defaults(func=_sample)
-    for command in (t, d, f, fs, s):
-        command.add_argument("--debug", action="store_true",
-                             help=f"show the traceback of every error, user errors too (or set {DEBUG_ENV}=1)")
+    debug_help = f"show the traceback of every error, user errors too (or set {DEBUG_ENV}=1)"
+    p.add_argument("--debug", action="store_true", help=debug_help)
+    for command in (t, d, f, fs, s):  # before or after the command; SUPPRESS keeps `gendiv --debug train`'s value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return p
 
 

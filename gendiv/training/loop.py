@@ -59,7 +59,7 @@ class RunConfig:
     sample_every: int = 1000         # plots/metrics during training (0: only at the end)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
-    mixed_precision: str | bool = "auto"  # auto | no | bf16 | fp16 (auto: bf16 for image models on bf16-native devices)
+    mixed_precision: str | bool = "auto"  # auto | no | bf16 | fp16 (CUDA only); auto: bf16 for images where native
     channels_last: str | bool = "auto"  # auto: UNets in channels-last memory format
     compile: bool = False            # torch.compile the trained networks
     fused_optimizer: str | bool = "auto"  # auto: AdamW(fused=True) where PyTorch has it (CUDA, CPU)
