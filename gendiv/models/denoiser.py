@@ -344,7 +344,7 @@ def sample_shape(denoiser, batch: int) -> tuple:
     cfg = denoiser.config
     if "dim" in cfg:
         return (batch, cfg.dim)
-    if hasattr(denoiser, "net"):  # PipelineDenoiser: a transformer's latent shape
+    if hasattr(denoiser, "net") or hasattr(denoiser, "shared"):  # PipelineDenoiser, a LoRA view: their own shape
         return denoiser.sample_shape(batch)
     ucfg = denoiser.unet.config
     size = ucfg.sample_size if isinstance(ucfg.sample_size, (list, tuple)) else (ucfg.sample_size,) * 2

@@ -22,6 +22,9 @@ from ..distill.options import AutoSigma, LogNormalSigma
 from ..guidance import ClassifierFreeGuidedDenoiser, guider_from_config
 from ..models import DiscriminatorHead, OneStepGenerator
 from ..models.latent_text import is_text_pipeline_folder
+from ..models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
+from ..models.lora import LoraOneStepGenerator, LoraSpec, SharedLora
+from ..models.pipeline_teachers import PipelineTeacher
 from ..models.teachers import load_teacher
 from ..pipelines import OneStepPipeline, OneStepTextToImagePipeline
 from ..plotting import image_grid, scatter_plot
@@ -41,6 +44,7 @@ class TeacherConfig:
     guidance_scale: float = 1.0                # CFG on the teacher's calls (conditional teachers; text: the "" prompt is the null)
     guider: dict = field(default_factory=dict)  # any guider instead: {name: interval, sigma_lo: .., guider: {name: cfg, ..}}
     prompts: str | list = ""                   # text-conditioned teachers: a .txt file (one prompt per line) or a list
+    null_class: int | None = None              # class-conditional UNet2DModel folders: the class index CFG's null is
 
     def __post_init__(self):
         check(math.isfinite(self.guidance_scale), f"teacher.guidance_scale must be finite, got {self.guidance_scale}")
@@ -70,11 +74,27 @@ class TeacherConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Student and fake score as LoRA adapters on the one frozen teacher (peft through diffusers); rank 0: off."""
+
+    rank: int = 0
+    alpha: float | None = None                 # the update is (α/r)·B·A; None: α = r
+    target_modules: list = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        check(self.rank >= 0, f"student.lora.rank must be ≥ 0 (0: full-weight student), got {self.rank}")
+        check(self.alpha is None or self.alpha > 0, f"student.lora.alpha must be > 0, got {self.alpha}")
+        check(bool(self.target_modules), "student.lora.target_modules must name at least one module (e.g. to_q)")
+
+
+@dataclass
 class StudentConfig:
     sigma_init: float | None = None            # G(z) = D_θ(σ_init z, σ_init); None: the method's (80 DMD, 2.5 SiD)
     init_from_teacher: bool = True             # network teachers: generator and fake start as teacher copies
     model: ModelConfig = field(default_factory=ModelConfig)  # architecture when not copied (analytic teachers)
     discriminator_hidden: int = 128
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self):
         check(self.sigma_init is None or self.sigma_init > 0, f"student.sigma_init must be > 0, got {self.sigma_init}")
@@ -163,6 +183,10 @@ class _Factory(NetworkFactory):
 
     def score_network(self, scalar=None):
         t = self.trainer
+        if t.lora is not None:
+            if scalar is not None:
+                raise ConfigError(f"student.lora: a LoRA score network cannot take the extra condition {scalar!r}")
+            return t.lora.score_network()
         if self.fresh():
             model_cfg = t.cfg.student.model
             if scalar is not None:
@@ -188,7 +212,10 @@ class DistillTrainer(TrainingLoop):
                          or teacher_is_image_model(cfg.teacher.source))
         self.cfg = cfg
         acc = self.accelerator
-        teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source)
+        teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source, null_class=cfg.teacher.null_class)
+        self.lora = self._shared_lora(teacher)
+        if self.lora is not None:  # one base in memory: the teacher is the base with no adapter
+            teacher = self.lora.view(None)
         folder = cfg.teacher.source.removeprefix("pipeline:")
         if Path(folder).is_dir():  # a resume refuses a teacher folder retrained or replaced in place
             self.register_fingerprint("teacher.source", folder)
@@ -199,8 +226,11 @@ class DistillTrainer(TrainingLoop):
         sigma_init = cfg.student.sigma_init if cfg.student.sigma_init is not None else method.default_sigma_init
 
         factory = _Factory(self, teacher, None)
-        backbone = build_model(cfg.student.model, self.source) if factory.fresh() else teacher
-        student = OneStepGenerator.from_denoiser(backbone, sigma_init)
+        if self.lora is not None:
+            student = self.lora.student(sigma_init)
+        else:
+            backbone = build_model(cfg.student.model, self.source) if factory.fresh() else teacher
+            student = OneStepGenerator.from_denoiser(backbone, sigma_init)
         factory.student = student
         self._check_compatible(student, teacher)
         nets = method.build_networks(factory)
@@ -210,7 +240,11 @@ class DistillTrainer(TrainingLoop):
                               "data (CFG guides against the null class); this teacher is unconditional")
         self.guided_teacher = None if teacher is None else self._guided(self.teacher)
         self._prepare_networks({STUDENT: student, **nets})
-        self.ema_generator = self.add_ema(STUDENT, self.nets[STUDENT], cfg.optim.ema_decay)
+        if self.lora is not None:  # the EMA is a third adapter on the same base, not a copy of the base
+            self.ema_generator = LoraOneStepGenerator(self.lora.copy_adapter("student", "ema"), sigma_init).eval()
+            self.ema[STUDENT] = (self.ema_generator, self.nets[STUDENT], cfg.optim.ema_decay)
+        else:
+            self.ema_generator = self.add_ema(STUDENT, self.nets[STUDENT], cfg.optim.ema_decay)
         for name, module in method.state_modules().items():
             self.extra_state[name] = module.to(acc.device)
         method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=student.sample_shape,
@@ -248,6 +282,27 @@ class DistillTrainer(TrainingLoop):
         else:  # data-free: the teacher's space is the only thing the run needs to know
             self.source = TeacherSpaceSource(sample_shape(teacher, 1)[1:], teacher.config.get("num_classes"),
                                              is_image=len(sample_shape(teacher, 1)) == 4, method=method.name)
+
+    def _shared_lora(self, teacher) -> SharedLora | None:
+        lora = self.cfg.student.lora
+        if not lora.rank:
+            return None
+        if teacher is None or isinstance(teacher, AnalyticDenoiser) or not self.cfg.student.init_from_teacher:
+            raise ConfigError("student.lora adapts a network teacher's weights: it needs a teacher folder and "
+                              "student.init_from_teacher=true")
+        if self._lora_pipeline_class() is None:
+            raise ConfigError(f"student.lora: {self.cfg.teacher.source} is not a pipeline with diffusers' LoRA loader "
+                              "(Stable Diffusion, SDXL, SD3, PixArt, ...); the adapter could not be exported for it")
+        return SharedLora(teacher, LoraSpec(rank=lora.rank, alpha=lora.alpha, target_modules=list(lora.target_modules)),
+                          gradient_checkpointing=lora.gradient_checkpointing)
+
+    def _lora_pipeline_class(self):
+        """The teacher's pipeline class when it loads LoRA weights (what ``pipe.load_lora_weights`` is called on)."""
+        from diffusers import StableDiffusionPipeline
+
+        t = self.text_teacher
+        cls = type(t.pipeline) if isinstance(t, PipelineTeacher) else StableDiffusionPipeline if t is not None else None
+        return cls if cls is not None and hasattr(cls, "save_lora_weights") else None
 
     def _guided(self, teacher):
         """The teacher as the method sees it: CFG at teacher.guidance_scale, or any guider of teacher.guider."""
@@ -442,8 +497,14 @@ class DistillTrainer(TrainingLoop):
     def export(self):
         if not self.is_main:
             return
-        if self.text_teacher is not None:
-            t = self.text_teacher
+        if self.lora is not None:  # diffusers' LoRA format: the teacher pipeline's load_lora_weights gives the student
+            self.lora.save_lora(self.out / "lora", "ema", self._lora_pipeline_class())
+            return
+        t = self.text_teacher
+        if isinstance(t, PipelineTeacher):  # SDXL/SD3/PixArt-shaped: the teacher's own pipeline class, one step
+            t.save_student(self.ema_generator, self.out / "pipeline")
+            return
+        if t is not None:
             pipe = OneStepTextToImagePipeline(student=self.ema_generator, vae=t.vae, text_encoder=t.text_encoder,
                                               tokenizer=t.tokenizer)
         else:
