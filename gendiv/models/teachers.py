@@ -38,7 +38,11 @@ def load_teacher(spec: str, null_class: int | None = None):
     if kind == "analytic":
         from ..toy import AnalyticDenoiser, get_distribution
 
-        return AnalyticDenoiser(get_distribution(arg)), f"toy:{arg}", None
+        try:
+            dist = get_distribution(arg)
+        except ValueError as e:  # an unknown name: the message lists the known ones
+            raise InputError(f"teacher.source: {e}") from None
+        return AnalyticDenoiser(dist), f"toy:{arg}", None
     if kind != "pipeline" and Path(spec).is_dir():
         kind, arg = "pipeline", spec
     if kind == "pipeline":

@@ -1,12 +1,13 @@
 """Build denoisers and data from configs (shared by the diffusion and distillation trainers)."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
 from ..models import MLPDenoiser, UNetDenoiser
-from .config import check
+from .config import ConfigError, check
 from .data import build_source
 
 
@@ -73,18 +74,20 @@ def build_model(cfg: ModelConfig, source, **denoiser_kwargs) -> torch.nn.Module:
     num_classes = source.num_classes
     if kind == "mlp":
         if source.is_image:
-            raise ValueError("model.kind=mlp needs point data; use unet for images")
-        return MLPDenoiser(dim=source.shape[0], hidden=cfg.hidden, depth=cfg.depth, num_classes=num_classes,
-                           scalar_names=list(cfg.scalar_names), parameterization=cfg.parameterization,
-                           prediction_type=cfg.prediction_type, **denoiser_kwargs)
+            raise ConfigError("model.kind=mlp needs point data; use unet for images")
+        with _model_config_errors():
+            return MLPDenoiser(dim=source.shape[0], hidden=cfg.hidden, depth=cfg.depth, num_classes=num_classes,
+                               scalar_names=list(cfg.scalar_names), parameterization=cfg.parameterization,
+                               prediction_type=cfg.prediction_type, **denoiser_kwargs)
     if kind not in ("unet", "unet_cond"):
-        raise ValueError(f"unknown model.kind {cfg.kind!r}; choose auto, mlp, unet or unet_cond")
+        raise ConfigError(f"unknown model.kind {cfg.kind!r}; choose auto, mlp, unet or unet_cond")
     if not source.is_image:
-        raise ValueError(f"model.kind={kind} needs image data")
+        raise ConfigError(f"model.kind={kind} needs image data")
     c, h, w = source.shape
     n_levels = len(cfg.block_out_channels)
-    if h % (2 ** (n_levels - 1)):
-        raise ValueError(f"image size {h} is not divisible by 2^{n_levels - 1} for {n_levels} UNet levels")
+    if h % (2 ** (n_levels - 1)) or w % (2 ** (n_levels - 1)):
+        raise ConfigError(f"image size {h}×{w} is not divisible by 2^{n_levels - 1} for {n_levels} UNet levels "
+                          "(model.block_out_channels); change data.image_size or the number of levels")
     down = ["DownBlock2D"] * n_levels
     up = ["UpBlock2D"] * n_levels
     if cfg.attention:
@@ -94,7 +97,7 @@ def build_model(cfg: ModelConfig, source, **denoiser_kwargs) -> torch.nn.Module:
                   num_class_embeds=None if num_classes is None else num_classes + 1)
     if kind == "unet":
         if cfg.scalar_names:
-            raise ValueError("scalar conditions need model.kind=unet_cond")
+            raise ConfigError("scalar conditions need model.kind=unet_cond")
         unet_class = "UNet2DModel"
         unet_config = dict(common, down_block_types=down, up_block_types=up, dropout=cfg.dropout)
     else:
@@ -102,6 +105,19 @@ def build_model(cfg: ModelConfig, source, **denoiser_kwargs) -> torch.nn.Module:
         unet_config = dict(common, down_block_types=[d.replace("Attn", "") for d in down],
                            up_block_types=[u.replace("Attn", "") for u in up], mid_block_type="UNetMidBlock2D",
                            time_cond_proj_dim=cfg.time_cond_proj_dim if cfg.scalar_names else None, dropout=cfg.dropout)
-    return UNetDenoiser(unet_class=unet_class, unet_config=unet_config, parameterization=cfg.parameterization,
-                        prediction_type=cfg.prediction_type, num_classes=num_classes,
-                        scalar_names=list(cfg.scalar_names), **denoiser_kwargs)
+    with _model_config_errors():
+        return UNetDenoiser(unet_class=unet_class, unet_config=unet_config, parameterization=cfg.parameterization,
+                            prediction_type=cfg.prediction_type, num_classes=num_classes,
+                            scalar_names=list(cfg.scalar_names), **denoiser_kwargs)
+
+
+@contextlib.contextmanager
+def _model_config_errors():
+    """A denoiser's constructor refuses bad arguments with ValueError (diffusers' habit); here they came from the
+    model section of the config, so they are config errors."""
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"model: {e}") from None
