@@ -117,7 +117,8 @@ def test_bad_teacher_folders_name_the_folder_and_component(tmp_path, capsys):
     cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({**cfg, "prediction_type": "flow"}))
     with pytest.raises(SystemExit) as e:
-        main(["distill", f"teacher.source={folder}", "method.name=dmd", f"run.output_dir={tmp_path / 'r'}", "run.steps=1"])
+        main(["distill", f"teacher.source={folder}", "method.name=dmd", f"run.output_dir={tmp_path / 'r'}", "run.steps=1",
+              "method.fake_warmup_steps=0"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "flowv" in err and "prediction_type='flow' is not supported" in err
     with pytest.raises(SystemExit) as e:
