@@ -933,7 +933,7 @@ def bench_teacher_objectives(args) -> str:
 
 @benchmark("noise_schedule")
 def bench_noise_schedule(args) -> str:
-    """Laplace and Cauchy log-SNR σ sampling against the lognormal on digits (eval/noise_schedule.py)."""
+    """Laplace log-SNR σ sampling against the lognormal on digits (eval/noise_schedule.py)."""
     return eval_module("noise_schedule").run(args, sys.modules[__name__])
 
 
@@ -975,7 +975,7 @@ def main(argv=None):
                    "digits denoiser, guidance_cfg_aware)")
     p.add_argument("--consistency-steps", type=int, default=500, help="training steps per model (consistency)")
     p.add_argument("--objective-steps", type=int, default=1000, help="training steps per model (teacher_objectives)")
-    p.add_argument("--schedule-steps", type=int, default=400, help="training steps per digits model (noise_schedule)")
+    p.add_argument("--schedule-steps", type=int, default=600, help="training steps per digits model (noise_schedule)")
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
     p.add_argument("--qmc-samples", type=int, default=256, help="samples per set (qmc_fid; a power of 2 suits Sobol)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
