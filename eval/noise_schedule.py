@@ -32,7 +32,8 @@ def run(args, bench) -> str:
         for label, kind in SAMPLERS:
             run_dir = OUT / kind / f"seed{seed}"
             train_s = bench._train_run("teacher_digits_laplace.yaml", run_dir, [
-                f"run.steps={steps}", f"run.seed={seed}", f"optim.sigma_sampler={kind}", f"run.checkpoint_every={steps}",
+                f"run.steps={steps}", f"run.seed={seed}", f"optim.sigma_sampler={kind}",
+                f"run.checkpoint_every={steps}",
                 f"run.sample_every={steps}"])
             t = time.time()
             images = pipeline_images(run_dir / "pipeline", n, seed=seed)

@@ -38,7 +38,8 @@ def _edm_samples(run: Path, steps: int, seed: int) -> torch.Tensor:
 
     denoiser = load_pipeline(str(run / "pipeline")).denoiser
     with torch.no_grad():
-        return sample(denoiser, (2000, 2), num_steps=steps, sampler="euler", generator=torch.Generator().manual_seed(seed))
+        return sample(denoiser, (2000, 2), num_steps=steps, sampler="euler",
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def _robust_rows(bench, train, seed: int) -> list:
@@ -94,8 +95,9 @@ def _mirror_rows(bench, train, seed: int) -> list:
     pipe = MirrorFlowMatchingPipeline.from_pretrained(str(run / "pipeline"))
     pipe.set_progress_bar_config(disable=True)
     x = pipe(batch_size=2000, num_inference_steps=100, generator=torch.Generator().manual_seed(seed)).images
-    rows.append({"table": "box", "label": "mirror flow (logit map)", "seed": seed, "sliced_w2": sliced_wasserstein2(x, ref),
-                 "log_lik": mean_log_likelihood(dist, x.clamp(0, 1)), "inside": float(inside_mask(x, "box").double().mean()),
+    rows.append({"table": "box", "label": "mirror flow (logit map)", "seed": seed,
+                 "sliced_w2": sliced_wasserstein2(x, ref), "log_lik": mean_log_likelihood(dist, x.clamp(0, 1)),
+                 "inside": float(inside_mask(x, "box").double().mean()),
                  "seconds": seconds})
     run = OUT / "reflected_box_corner" / f"seed{seed}"
     seconds = train("reflected_box_corner_likelihood.yaml", run, [f"run.seed={seed}"])

@@ -136,8 +136,8 @@ def test_log_snr_samplers_match_their_law(kind, dist):
 def test_existing_sigma_samplers_unchanged():
     """The samplers that existed before are bit-identical to their formulas."""
     g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
-    torch.testing.assert_close(sample_sigma("lognormal", 64, generator=g()), (-1.2 + 1.2 * torch.randn(64, generator=g())).exp(),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(sample_sigma("lognormal", 64, generator=g()),
+                               (-1.2 + 1.2 * torch.randn(64, generator=g())).exp(), rtol=0, atol=0)
     u = torch.rand(64, generator=g())
     torch.testing.assert_close(sample_sigma("log_uniform", 64, generator=g()),
                                (math.log(0.002) + u * (math.log(80.0) - math.log(0.002))).exp(), rtol=0, atol=0)
