@@ -120,9 +120,15 @@ def _pipeline_for_sampling(path: Path, args):
     if text:
         return pipe, {"prompt": args.prompt, "num_images_per_prompt": args.num_samples}
     kwargs = {"batch_size": args.num_samples, "class_labels": args.class_label}
-    if name != "OneStepPipeline":
-        kwargs["num_inference_steps"] = args.steps
+    if name == "FewStepPipeline":  # a few-step student samples on its own σ grid unless --steps says otherwise
+        if args.steps is not None:
+            kwargs["num_inference_steps"] = args.steps
+    elif name != "OneStepPipeline":
+        kwargs["num_inference_steps"] = args.steps or DEFAULT_SAMPLING_STEPS
     return pipe, kwargs
+
+
+DEFAULT_SAMPLING_STEPS = 18
 
 
 def _positive(value, flag: str):
@@ -240,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="sample a saved GenDivPipeline or OneStepPipeline to .npz + .png")
     s.add_argument("--pipeline", required=True, help="folder written by save_pretrained (e.g. runs/teacher/pipeline)")
     s.add_argument("--num-samples", type=int, default=64)
-    s.add_argument("--steps", type=int, default=18, help="scheduler steps (multi-step pipelines)")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"scheduler steps (multi-step pipelines: {DEFAULT_SAMPLING_STEPS} if not given; few-step "
+                        "students: their own σ grid)")
     s.add_argument("--class-label", type=int, default=None)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", default="samples/samples", help="output path without suffix: writes OUT.npz (samples, "

@@ -470,3 +470,24 @@ def test_bad_options_of_the_new_methods_are_one_clear_line(overrides, message):
 def test_cd_without_a_teacher_is_one_clear_line(tmp_path):
     with pytest.raises(ConfigError, match="method cd distils a teacher"):
         DistillTrainer(_cfg(tmp_path, "method.name=cd", *NO_TEACHER))
+
+
+def test_gendiv_sample_uses_a_few_step_students_own_grid(tmp_path):
+    """`gendiv sample --pipeline` on a FewStepPipeline folder samples on the student's σ grid unless --steps is given
+    (a multi-step default of 18 would silently run 18 passes)."""
+    import numpy as np
+
+    from gendiv.cli import main
+
+    student = _mlp_student().float()
+    student.register_to_config(sampling_sigmas=[80.0, 2.0, 0.5])
+    pipe = FewStepPipeline(student)
+    pipe.save_pretrained(tmp_path / "few")
+    own = pipe(batch_size=4, generator=_gen(0), output_type="pt").images
+    two = pipe(batch_size=4, generator=_gen(0), output_type="pt", num_inference_steps=2).images
+    main(["sample", "--pipeline", str(tmp_path / "few"), "--num-samples", "4", "--out", str(tmp_path / "a")])
+    main(["sample", "--pipeline", str(tmp_path / "few"), "--num-samples", "4", "--steps", "2", "--out",
+          str(tmp_path / "b")])
+    a, b = (np.load(tmp_path / f"{k}.npz")["samples"] for k in "ab")
+    np.testing.assert_allclose(a, own.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b, two.numpy(), rtol=1e-5, atol=1e-6)
