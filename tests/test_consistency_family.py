@@ -33,7 +33,7 @@ from gendiv.toy.flow_map import exact_average_velocity, exact_flow_map
 from gendiv.training import ConfigError, DistillConfig, load_config
 from gendiv.training.distill import DistillTrainer
 
-from .test_distill_contract import _fields
+from .option_reads import unread_options
 
 RING = ring8_imbalanced()
 TEACHER = AnalyticDenoiser(RING)
@@ -354,29 +354,10 @@ def _cfg(tmp_path, *overrides):
 
 @pytest.mark.parametrize("name", sorted(EVERYTHING))
 def test_new_methods_train_through_the_unchanged_trainer_and_read_every_option(name, tmp_path, monkeypatch):
-    from gendiv.distill.options import Options
-
     cfg = _cfg(tmp_path, f"method.name={name}", *EVERYTHING[name])
-    reads, sections = set(), {}
-
-    def record(self, item):
-        if not item.startswith("_") and item in type(self).model_fields:
-            reads.add((id(self), item))
-        return object.__getattribute__(self, item)
-
-    def walk(section, prefix=""):
-        sections[id(section)] = prefix
-        for key in type(section).model_fields:
-            value = getattr(section, key)
-            if isinstance(value, Options):
-                walk(value, f"{prefix}{key}.")
-
-    walk(cfg.method)
-    monkeypatch.setattr(Options, "__getattribute__", record)
-    trainer = DistillTrainer(cfg)
-    trainer.fit()
-    monkeypatch.undo()
-    unread = _fields(type(cfg.method)) - {sections[i] + key for i, key in reads if i in sections}
+    trainers = []  # built inside the recording: set-up reads options too
+    unread = unread_options(cfg.method, lambda: trainers.append(DistillTrainer(cfg)) or trainers[0].fit(), monkeypatch)
+    trainer = trainers[0]
     assert not unread, f"{name} accepts options it never reads: {sorted(unread)}"
     assert trainer.unwrapped[STUDENT].config.sampling_sigmas == [80.0, 1.0]
     assert trainer.method.student_nfe == 2

@@ -17,6 +17,8 @@ from gendiv.distill.options import MethodOptions, Options
 from gendiv.training import ConfigError, DistillConfig, load_config
 from gendiv.training.distill import DistillTrainer
 
+from .option_reads import unread_options
+
 FAST = ["run.progress=false", "run.log_every=1", "run.batch_size=32", "eval.num_samples=100", "eval.teacher_steps=3",
         "student.model.hidden=16", "student.model.depth=1", "student.discriminator_hidden=16", "run.steps=4"]
 
@@ -115,44 +117,11 @@ EVERYTHING = {
 }
 
 
-def _fields(model: type[Options], prefix="") -> set[str]:
-    out = set()
-    for name, field in model.model_fields.items():
-        if name == "name":
-            continue
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, Options):
-            out |= _fields(ann, f"{prefix}{name}.")
-        else:
-            out.add(prefix + name)
-    return out
-
-
 @pytest.mark.parametrize("name", sorted(EVERYTHING))
 def test_every_option_of_every_method_is_read(name, tmp_path, monkeypatch):
     cfg = _cfg(tmp_path, f"method.name={name}", "method.fake_warmup_steps=1",
                "method.fake_updates_per_generator_update=1", "method.reuse_generator_samples=true", *EVERYTHING[name])
-    reads: set[tuple[int, str]] = set()
-    sections = {}
-
-    def record(self, item):
-        if not item.startswith("_") and item in type(self).model_fields:
-            reads.add((id(self), item))
-        return object.__getattribute__(self, item)
-
-    def walk(section, prefix=""):
-        sections[id(section)] = prefix
-        for key in type(section).model_fields:
-            value = getattr(section, key)
-            if isinstance(value, Options):
-                walk(value, f"{prefix}{key}.")
-
-    walk(cfg.method)
-    monkeypatch.setattr(Options, "__getattribute__", record)
-    DistillTrainer(cfg).fit()
-    monkeypatch.undo()
-    read = {sections[i] + key for i, key in reads if i in sections}
-    unread = _fields(type(cfg.method)) - read
+    unread = unread_options(cfg.method, lambda: DistillTrainer(cfg).fit(), monkeypatch)
     assert not unread, f"{name} accepts options it never reads: {sorted(unread)}"
 
 
