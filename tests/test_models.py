@@ -65,8 +65,9 @@ def test_bad_inputs(tiny_unet_config):
     den = UNetDenoiser.from_unet(_unet(tiny_unet_config, num_class_embeds=11), num_classes=10)
     with pytest.raises(ValueError, match=r"expects images \[B, 1, H, W\]"):
         den(torch.randn(2, 3, 8, 8), 1.0)
-    with pytest.raises(ValueError, match="expects spatial size"):
-        den(torch.randn(2, 1, 16, 16), 1.0)
+    with pytest.raises(ValueError, match="expects spatial size in multiples of 2"):
+        den(torch.randn(2, 1, 9, 9), 1.0)
+    assert den(torch.randn(2, 1, 16, 12), 1.0).shape == (2, 1, 16, 12)  # convolutional: other sizes run
     with pytest.raises(ValueError, match="class label out of range"):
         den(torch.randn(2, 1, 8, 8), 1.0, torch.tensor([3, 10]))
     with pytest.raises(ValueError, match="sigma must"):

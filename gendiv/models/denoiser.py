@@ -261,12 +261,15 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         self._features = output[0] if isinstance(output, tuple) else output
 
     def _check_input_shape(self, x):
-        c, size = self.unet.config.in_channels, self.unet.config.sample_size
+        """Any spatial size the UNet's down- and up-sampling maps back onto itself: it is convolutional, so it runs at
+        sizes other than its trained ``sample_size`` (diffusers' height/width), as long as each level halves evenly."""
+        c = self.unet.config.in_channels
         if x.ndim != 4 or x.shape[1] != c:
             raise ValueError(f"{type(self).__name__} expects images [B, {c}, H, W], got {tuple(x.shape)}")
-        sizes = size if isinstance(size, (list, tuple)) else (size, size)
-        if size is not None and tuple(x.shape[2:]) != tuple(sizes):
-            raise ValueError(f"{type(self).__name__} expects spatial size {tuple(sizes)}, got {tuple(x.shape[2:])}")
+        factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if any(s % factor for s in x.shape[2:]):
+            raise ValueError(f"{type(self).__name__} expects spatial size in multiples of {factor} (its UNet halves the "
+                             f"size {factor.bit_length() - 1} times), got {tuple(x.shape[2:])}")
 
     def _network(self, net_input, net_time, cond, want_features):
         batch = net_input.shape[0]

@@ -26,17 +26,14 @@ class OneStepTextToImagePipeline(PipelineBase):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent, as SD's pipelines
 
     def latent_shape(self, batch: int, height: int | None, width: int | None) -> tuple:
-        """[batch, C, height/f, width/f], f the VAE's scale factor; the student's trained size by default, which is
-        also the only size gendiv's UNetDenoiser accepts (it checks its input against its UNet's sample_size)."""
+        """[batch, C, height/f, width/f], f the VAE's scale factor; the student's trained size by default. Other sizes
+        run too (the student is convolutional); its UNet refuses sizes its levels cannot halve evenly."""
         _, channels, h, w = self.student.sample_shape(batch)
         f = self.vae_scale_factor
         height = h * f if height is None else check_positive_int(height, "height")
         width = w * f if width is None else check_positive_int(width, "width")
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of the VAE's scale factor {f}, got {height}×{width}")
-        if (height // f, width // f) != (h, w):
-            raise ValueError(f"height×width {height}×{width} is not the student's trained size {h * f}×{w * f}: "
-                             "gendiv's UNetDenoiser takes its UNet's sample_size only")
         return (batch, channels, height // f, width // f)
 
     def encode_prompt(self, prompt, device) -> torch.Tensor:
@@ -56,8 +53,8 @@ class OneStepTextToImagePipeline(PipelineBase):
         Args:
             prompt: a string or a list of strings (or give ``prompt_embeds`` [P, L, D] instead).
             num_images_per_prompt: images per prompt.
-            height, width: image size in pixels (diffusers' arguments); the student's trained size, the one size its
-                denoiser takes, if omitted; any other size is refused with the sizes named.
+            height, width: image size in pixels (diffusers' arguments); the student's trained size if omitted; other
+                sizes run (the student is convolutional) when its UNet can halve their latents evenly.
             generator: a torch.Generator, or a list of one per image (image i then depends on generator i only).
             latents: the unit-scale input noise z, shape [P·num_images_per_prompt, C, height/f, width/f]; drawn if
                 omitted.
