@@ -360,7 +360,6 @@ def bench_step(args) -> str:
                                          "and the bf16 rows are not run.")
     from gendiv.training.performance import CPU_FLAGS_OF_INTEREST, cpu_flags, native_bf16
 
-    threads = eval_module("threads")
     flags = (f"CPU flags found: {' '.join(cpu_flags()) or 'none of ' + '/'.join(CPU_FLAGS_OF_INTEREST)}; bf16 "
              f"{'native' if native_bf16('cpu') else 'emulated'} in oneDNN")
     return (f"One DMD generator + fake-score step, tiny UNet 3×32×32 (block_out 32/64/64), batch 16, {machine()}, "
@@ -373,8 +372,13 @@ def bench_step(args) -> str:
               f"every switch off {100 * (t['off'] / t['floor off'] - 1):.1f}%."
             + "\n\nParts of a step, same process as the default rows (median of 20 interleaved calls):\n\n"
             + table(["part: before → after", "ms before", "ms after", "speed-up"],
-                    [[label, a * 1e3, b * 1e3, a / b] for label, a, b in parts]) + note
-            + "\n\n" + threads.run(args, sys.modules[__name__]))
+                    [[label, a * 1e3, b * 1e3, a / b] for label, a, b in parts]) + note)
+
+
+@benchmark("threads")
+def bench_threads(args) -> str:
+    """The main job and the tiny-UNet step by thread count, alone and beside one busy process (eval/threads.py)."""
+    return eval_module("threads").run(args, sys.modules[__name__])
 
 
 TOY_RUNS = [  # (row label, method section) — every method at the same budget and update ratio

@@ -1,4 +1,4 @@
-"""Training speed by thread count, alone and beside one busy process (issue 26), for ``eval/bench.py step``.
+"""Training speed by thread count, alone and beside one busy process (issue 26): ``eval/bench.py threads``.
 
 Each workload runs in its own process, which prints a monotonic timestamp after every training step. While it runs,
 the parent alternates phases without and with one busy process (a Python loop that keeps one core fully occupied),
@@ -102,7 +102,7 @@ def measure(workload: str, threads: str, phases: int = 3, seconds: float = 10.0,
 
 
 def table_rows(phases: int = 3, seconds: float = 10.0) -> list[list]:
-    """Rows for the step benchmark: the main job at ``auto`` (one thread) and at two threads, the tiny UNet at one
+    """The rows: the main job at ``auto`` (one thread) and at two threads, the tiny UNet at one
     thread and at ``auto`` (PyTorch's default)."""
     from gendiv.training.performance import STARTUP_THREADS
 
@@ -117,7 +117,7 @@ def table_rows(phases: int = 3, seconds: float = 10.0) -> list[list]:
 
 
 def run(args, bench) -> str:
-    """The table for ``eval/bench.py step`` (``args.repeats`` is not used: three pairs of 10-second phases)."""
+    """The table for ``eval/bench.py threads`` (``args.repeats`` is not used: three pairs of 10-second phases)."""
     rows = table_rows()
     return ("Speed alone vs beside one busy process (a Python loop holding one core), steps/s, median of 3 alternating "
             "pairs of 10-s phases in one run; this machine is shared with other jobs, so absolute rates are noisy and "

@@ -20,7 +20,7 @@
 - ``run.threads: auto`` → one intra-op thread for point (toy) models, where an op is microseconds of work and a second
   thread adds a barrier to every op that stalls whenever another process holds a core (issue 26: 57 → 1 step/s on
   2 cores beside one busy process); image models keep PyTorch's default (one thread per core, or $OMP_NUM_THREADS).
-  Both measured alone and beside a busy process by ``eval/bench.py step``. The count is set for the whole process.
+  Both measured alone and beside a busy process by ``eval/bench.py threads``. The count is set for the whole process.
 - ``optim.reuse_generator_samples`` (distillation) → the fake-score update trains on the generator step's samples,
   saving one generator pass per generator step (DMD2's order).
 None of these changes the math: tests/test_performance.py compares losses and updates with the plain path.
