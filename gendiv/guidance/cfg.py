@@ -1,4 +1,4 @@
-"""Classifier-free guidance (diffusers convention, methods.md §5): D_s = D(x|∅) + s·(D(x|c) − D(x|∅)).
+"""Classifier-free guidance (diffusers convention, docs/methods.md §5): D_s = D(x|∅) + s·(D(x|c) − D(x|∅)).
 
 The null pass uses the denoiser's reserved null class (``Condition.drop``), the same index label dropout trains, or for a
 text-conditioned denoiser its stored null-prompt ("") embedding, as StableDiffusionPipeline's negative prompt.

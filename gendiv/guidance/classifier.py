@@ -1,4 +1,4 @@
-"""Classifier guidance (Dhariwal & Nichol 2021; methods.md §10, docs/guidance.md).
+"""Classifier guidance (Dhariwal & Nichol 2021; docs/methods.md §10, docs/guidance.md).
 
 Bayes' rule on the noised marginals, ∇log p_σ(x | c) = ∇log p_σ(x) + ∇log p_σ(c | x), is in denoiser form (Tweedie,
 D = x + σ²∇log p_σ):
@@ -56,7 +56,7 @@ def label_log_prob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 class NoiseConditionalClassifier(ModelMixin, ConfigMixin):
     """p(c | x_σ, σ) as a residual SiLU MLP on the flattened input scaled by c_in = 1/√(σ² + σ_d²) (EDM's input scaling,
-    methods.md §0) and a Fourier embedding of c_noise = ln(σ)/4. Small enough for toy data and 8×8 digits."""
+    docs/methods.md §0) and a Fourier embedding of c_noise = ln(σ)/4. Small enough for toy data and 8×8 digits."""
 
     @register_to_config
     def __init__(self, input_shape: list | tuple = (2,), num_classes: int = 2, hidden: int = 128, depth: int = 2,

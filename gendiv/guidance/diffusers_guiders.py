@@ -85,7 +85,7 @@ def sigma_of_timestep(timestep, timestep_format: str) -> torch.Tensor:
 
 
 class SigmaIntervalGuider(DiffusersCFG):
-    """CFG only while σ lies in (sigma_lo, sigma_hi] (guidance intervals, methods.md §5), as a diffusers guider.
+    """CFG only while σ lies in (sigma_lo, sigma_hi] (guidance intervals, docs/methods.md §5), as a diffusers guider.
 
     ``timestep_format``: how σ is read from the pipeline's timestep: ``"edm"`` (diffusers' EDM schedulers pass
     c_noise = ln(σ)/4) or ``"sigma"`` (the timestep is σ, as in gendiv's box schedulers). gendiv's pipelines refuse a

@@ -1,4 +1,4 @@
-"""Independent condition guidance (ICG, Sadat et al. 2024; methods.md §5).
+"""Independent condition guidance (ICG, Sadat et al. 2024; docs/methods.md §5).
 
 The negative pass uses a class label ĉ drawn independently of x (uniform over the classes) instead of the null class,
 so a conditional model trained without label dropout can be guided. The paper's argument is that x and an independent

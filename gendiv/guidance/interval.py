@@ -1,4 +1,4 @@
-"""Guidance on a σ window (Kynkäänniemi et al. 2024; methods.md §5): the inner guider for σ_lo < σ ≤ σ_hi, the plain
+"""Guidance on a σ window (Kynkäänniemi et al. 2024; docs/methods.md §5): the inner guider for σ_lo < σ ≤ σ_hi, the plain
 conditional model elsewhere. The window is in σ, not in step fractions, so it means the same at every step count.
 
 The decision is made in float64 on the σ the caller passes; pipelines pass their scheduler's own ``sigmas`` entries,

@@ -1,4 +1,4 @@
-"""Guidance by a second model (methods.md §5).
+"""Guidance by a second model (docs/methods.md §5).
 
 Autoguidance (Karras et al. 2024): D_w = D_bad + w·(D − D_bad), with D_bad a smaller or less-trained model of the same
 conditioning; it needs no null class and works for unconditional models. (diffusers' ``AutoGuidance`` guider is a

@@ -1,5 +1,5 @@
 """Training-free guidance: TFG's design space (Ye et al. 2024) with FreeDoM (Yu et al. 2023), DPS, MPGD and UGD as
-named points of it (methods.md §10, docs/guidance.md).
+named points of it (docs/methods.md §10, docs/guidance.md).
 
 The denoiser sees the condition it can take (an unconditional one none: the labels are then the guide's target only).
 The guide is a differentiable log-likelihood on clean data, ``log_likelihood(x0, cond) -> [B]`` (e.g. a classifier's

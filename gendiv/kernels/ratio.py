@@ -1,4 +1,4 @@
-"""Density-ratio weights of f-distill: r from discriminator logits, σ-bin and batch normalisation (methods.md §2).
+"""Density-ratio weights of f-distill: r from discriminator logits, σ-bin and batch normalisation (docs/methods.md §2).
 
 All in float32 and without gradient; batch statistics are summed across processes when torch.distributed
 is initialised, so every process uses the global mean.

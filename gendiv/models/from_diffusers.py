@@ -3,7 +3,7 @@
 The parameterisation and prediction type come from the scheduler's config, never from a default:
 
 - beta-schedule schedulers (DDPM, DDIM, Euler, Heun, DPM-Solver, UniPC, PNDM, LMS, ...): a VP model
-  x_t = α_t x₀ + σ_t ε at the training timesteps (methods.md §0), ``prediction_type`` epsilon, v_prediction or sample;
+  x_t = α_t x₀ + σ_t ε at the training timesteps (docs/methods.md §0), ``prediction_type`` epsilon, v_prediction or sample;
 - EDM schedulers (EDMEulerScheduler, EDMDPMSolverMultistepScheduler): EDM preconditioning with the scheduler's
   σ_data, c_noise = ln(σ)/4 as the timestep;
 - FlowMatchEulerDiscreteScheduler: rectified flow x_t = (1 − t)x₀ + tε, velocity v = ε − x₀ at timestep 1000·t.

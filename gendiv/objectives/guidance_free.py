@@ -1,4 +1,4 @@
-"""Objectives whose trained model samples guided at one network pass per step (methods.md §5).
+"""Objectives whose trained model samples guided at one network pass per step (docs/methods.md §5).
 
 GFT (Chen et al. 2025): the conditional model is parameterised as
 
