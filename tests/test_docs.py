@@ -134,3 +134,14 @@ def test_nothing_cites_a_file_outside_the_repository():
         outside += [f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
                     for m in OUTSIDE.finditer(text)]
     assert not outside, "citations of background notes that are not part of the project:\n" + "\n".join(outside)
+
+
+def test_every_test_the_docs_name_exists():
+    """A document that names a test as its evidence must not outlive the test (renamed or removed)."""
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    defined = set(re.findall(r"def (test_\w+)", sources)) | {p.stem for p in (ROOT / "tests").glob("test_*.py")}
+    named = {(path.name, name) for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+             for name in re.findall(r"\b(test_\w+)\b", path.read_text())}
+    missing = sorted(f"{where}: {name}" for where, name in named if name not in defined)
+    assert len(named) >= 10, "the docs name hardly any tests: is the scan still reading them?"
+    assert not missing, "the docs name tests that do not exist:\n" + "\n".join(missing)
