@@ -11,6 +11,8 @@ step table.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -118,8 +120,11 @@ def table_rows(phases: int = 3, seconds: float = 10.0) -> list[list]:
 
 def run(args, bench) -> str:
     """The table for ``eval/bench.py threads`` (``args.repeats`` is not used: three pairs of 10-second phases)."""
+    from gendiv.training.performance import cpu_flags
+
     rows = table_rows()
-    return ("Speed alone vs beside one busy process (a Python loop holding one core), steps/s, median of 3 alternating "
+    return (f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores (flags: {' '.join(cpu_flags())}), "
+            f"torch {bench.torch.__version__}. Speed alone vs beside one busy process (a Python loop holding one core), steps/s, median of 3 alternating "
             "pairs of 10-s phases in one run; this machine is shared with other jobs, so absolute rates are noisy and "
             "the ratio is the figure (goal: ≥ 0.5 for the main job):\n\n"
             + bench.table(["workload: threads", "steps/s alone", "steps/s beside a busy process", "beside / alone"],
