@@ -148,7 +148,7 @@ def _fid(args):
     result = evaluate(args.gen, args.ref, backend=args.backend, resize=args.resize, num_samples=args.num_samples,
                       num_ref=args.num_ref, weights=args.inception_weights, with_kid=args.kid,
                       with_fid_inf=args.fid_infinity, with_pr=args.precision_recall, fid_inf_min=args.fid_inf_min,
-                      float_range=args.float_range)
+                      float_range=args.float_range, with_is=args.inception_score, with_is_inf=args.is_infinity)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json:
