@@ -11,7 +11,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import InputError, OutputExistsError, UserError
+from .errors import OutputExistsError, UserError
 
 DEBUG_ENV = "GENDIV_DEBUG"  # GENDIV_DEBUG=1: every error raises with its traceback (as --debug)
 
