@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..condition import Condition
+from ..condition import GUIDANCE_SCALAR, Condition
 from .denoiser import UNetDenoiser
 from .from_diffusers import denoiser_kwargs_from_scheduler
 
@@ -56,8 +56,11 @@ def text_denoiser(unet, scheduler, tokenizer, text_encoder, where: str = "") -> 
         raise ValueError(f"{where}: the UNet takes added conditions ({unet.config.addition_embed_type!r}, as SDXL's "
                          "pooled text and size embeddings); gendiv distils StableDiffusionPipeline-shaped UNets")
     null = encode_prompts(tokenizer, text_encoder, [""], device="cpu")[0]
+    # a UNet with time_cond_proj_dim reads the guidance embedding of s − 1 (StableDiffusionPipeline feeds it and skips
+    # CFG: a GFT or guidance-distilled UNet); without that input it would run on an embedding it never saw
+    guided = [GUIDANCE_SCALAR] if unet.config.get("time_cond_proj_dim") else None
     den = UNetDenoiser.from_unet(unet, **denoiser_kwargs_from_scheduler(scheduler, where),
-                                 text_embeds_shape=list(null.shape))
+                                 text_embeds_shape=list(null.shape), scalar_names=guided)
     den.null_text_embeds.copy_(null)
     return den
 

@@ -35,10 +35,12 @@ def check_beta(beta: torch.Tensor):
 
 
 def gft_conditional(model, x, sigma, cond: Condition, beta: torch.Tensor) -> torch.Tensor:
-    """D_c = β·D_s(x | c, β) + (1 − β)·sg[D_s(x | ∅, β = 1)]; dropped labels use β = 1 inside the network."""
+    """D_c = β·D_s(x | c, β) + (1 − β)·sg[D_s(x | ∅, β = 1)]; dropped labels use β = 1 inside the network.
+
+    ∅ is the denoiser's own null: the null class for labels, the stored empty-prompt embedding for text."""
     check_beta(beta)
-    if cond is None or cond.class_labels is None:
-        raise ValueError("guidance-free training needs class labels (a class-conditional data source)")
+    if cond is None or (cond.class_labels is None and cond.text_embeds is None):
+        raise ValueError("guidance-free training needs class labels or prompt embeddings (a conditional data source)")
     dropped = cond.drop if cond.drop is not None else torch.zeros_like(beta, dtype=torch.bool)
     scale = torch.where(dropped.to(beta.device), torch.ones_like(beta), 1 / beta)
     d_s = model(x, sigma, with_guidance_scale(cond, scale, x.shape[0], x.device))
