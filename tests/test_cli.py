@@ -33,3 +33,23 @@ def test_resume_flag_continues_a_stopped_run(tmp_path, capsys):
     assert "resumed from step 4" in capsys.readouterr().out
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert '"step": 6' in rows[-2] or '"step": 6' in rows[-1]
+
+
+def test_max_minutes_ends_the_run_as_a_finished_one(tmp_path):
+    """A wall-time budget ends the run early with what a finished run has: last checkpoint, final log row, export."""
+    import json
+
+    import pytest
+
+    from gendiv.training import ConfigError, load_config, TrainConfig, train
+
+    common = [f"run.output_dir={tmp_path}", "run.progress=false", "run.steps=1000000", "run.checkpoint_every=1000",
+              "eval.num_samples=32", "eval.num_steps=2"]
+    train(load_config(TrainConfig, None, common + ["run.max_minutes=1e-9"]))
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == ["step-00000001"]
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 1 and any(k.startswith("final/") for k in rows[-1])
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ConfigError, match="run.max_minutes"):
+            load_config(TrainConfig, None, common + [f"run.max_minutes={bad}"])

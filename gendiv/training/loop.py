@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..fileio import folder_fingerprint
+from ..models.sharding import full_state_dict, is_sharded, load_full_state_dict
 from .checkpoint import (CheckpointError, checkpoint_step, latest_intact_checkpoint, point_latest, seal_checkpoint,
                          set_aside, tmp_dir_for)
 from .config import ConfigError, check, check_allocation
@@ -37,7 +38,7 @@ class RunExistsError(ConfigError):
 
 
 # config keys that may change between a run and its resumption without changing what is computed
-RESUME_MAY_CHANGE = ("run.steps", "run.log_every", "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints",
+RESUME_MAY_CHANGE = ("run.steps", "run.max_minutes", "run.log_every", "run.sample_every", "run.checkpoint_every", "run.keep_checkpoints",
                      "run.progress", "run.stop_after", "run.resume", "run.overwrite", "run.trackers", "run.output_dir",
                      "run.threads", "eval.")
 
@@ -70,6 +71,8 @@ class RunConfig:
     resume: bool = False             # continue from the newest intact checkpoint in output_dir/checkpoints
     overwrite: bool = False          # output_dir holds a run: move it aside to <output_dir>.old-<time> and start anew
     stop_after: int | None = None    # end this invocation after this step, as a kill would; resume later
+    max_minutes: float | None = None  # end the run (final checkpoint, evaluation, export) after this much training wall
+                                      # time in this invocation, at fewer than run.steps steps: equal-time comparisons
     progress: bool = True
 
     def __post_init__(self):
@@ -87,6 +90,8 @@ class RunConfig:
         check(self.grad_clip >= 0, f"run.grad_clip must be ≥ 0 (0: off), got {self.grad_clip}")
         check(0 <= self.seed < 2 ** 32, f"run.seed must be in [0, 2³² − 1] (NumPy's seed range), got {self.seed}")
         check(self.stop_after is None or self.stop_after >= 1, f"run.stop_after must be ≥ 1 or null, got {self.stop_after}")
+        check(self.max_minutes is None or (isfinite_float(self.max_minutes) and self.max_minutes > 0),
+              f"run.max_minutes must be > 0 or null, got {self.max_minutes}")
         check(not (self.resume and self.overwrite), "run.resume and run.overwrite exclude each other")
         check(bool(self.output_dir), "run.output_dir must not be empty")
 
@@ -228,8 +233,9 @@ class TrainingLoop:
         # accelerate keeps every prepared network in _models (it has no public list of them)
         networks = {f"network {i}": self.accelerator.unwrap_model(m) for i, m in enumerate(self.accelerator._models)}
         networks.update({f"EMA of {name}": ema for name, (ema, _, _) in self.ema.items()})
-        for label, module in networks.items():
-            bad = [n for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+        for label, module in networks.items():  # a sharded tensor's check covers all processes' shards
+            bad = [n for n, p in module.named_parameters()
+                   if not (torch.isfinite(p).all().full_tensor() if is_sharded(p) else torch.isfinite(p).all())]
             if bad:
                 kept = self._set_aside_diverged(self.step)
                 raise NonFiniteError(f"step {self.step}: {len(bad)} weight tensor(s) of {label} are not finite (first: "
@@ -322,9 +328,10 @@ class TrainingLoop:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         save_file({"state": self.gen.get_state()}, str(tmp / f"data_rng_{acc.process_index}.safetensors"))
+        ema_states = {name: full_state_dict(ema, keep=self.is_main) for name, (ema, _, _) in self.ema.items()}  # whole
         if self.is_main:
-            for name, (ema, _, _) in self.ema.items():
-                save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp / f"ema_{name}.safetensors"))
+            for name, state in ema_states.items():
+                save_file(state, str(tmp / f"ema_{name}.safetensors"))
             for name, module in self.extra_state.items():
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes,
@@ -355,7 +362,7 @@ class TrainingLoop:
                                   "resume with the config it was written with, or start a new run.output_dir") from None
         self.gen.set_state(load_file(str(folder / f"data_rng_{acc.process_index}.safetensors"))["state"])
         for name, (ema, _, _) in self.ema.items():
-            ema.load_state_dict(load_file(str(folder / f"ema_{name}.safetensors")))
+            load_full_state_dict(ema, load_file(str(folder / f"ema_{name}.safetensors")))
         for name, module in self.extra_state.items():
             module.load_state_dict(load_file(str(folder / f"state_{name}.safetensors")))
         self.step = state["step"]
@@ -405,6 +412,11 @@ class TrainingLoop:
                          "lower run.batch_size" + (" or data.image_size" if len(shape) > 1 else ""))
 
     # -- the loop ----------------------------------------------------------------------------------------
+    def _time_is_up(self, t0: float, minutes: float) -> bool:
+        """Any process past the limit ends the run on every process, on the same step."""
+        up = torch.tensor([float(time.time() - t0 >= 60 * minutes)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(up, "max").item()) if self.accelerator.num_processes > 1 else bool(up.item())
+
     def fit(self) -> dict:
         try:
             return self._fit()
@@ -424,19 +436,22 @@ class TrainingLoop:
             self.accelerator.init_trackers("gendiv", config=_flat(self.config_dict))
         bar = tqdm(total=run.steps, initial=self.step, disable=not (run.progress and self.is_main), desc="train")
         t0 = time.time()
-        while self.step < run.steps:
+        last = run.steps
+        while self.step < last:
             metrics = self.train_step()
             self.step += 1
             bar.update(1)
-            if self.step % run.log_every == 0 or self.step == run.steps:
+            if run.max_minutes is not None and self._time_is_up(t0, run.max_minutes):
+                last = self.step  # this step is the run's last: logged, checkpointed, evaluated and exported as such
+            if self.step % run.log_every == 0 or self.step == last:
                 metrics["time_s"] = time.time() - t0
                 self.log(metrics)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if isinstance(v, float) and k != "time_s"})
-            if run.sample_every and self.step % run.sample_every == 0 and self.step < run.steps:
+            if run.sample_every and self.step % run.sample_every == 0 and self.step < last:
                 self.log(self.evaluate(final=False))
-            if self.step % run.checkpoint_every == 0 or self.step == run.steps:
+            if self.step % run.checkpoint_every == 0 or self.step == last:
                 self.save_checkpoint()
-            if run.stop_after is not None and self.step >= run.stop_after and self.step < run.steps:
+            if run.stop_after is not None and self.step >= run.stop_after and self.step < last:
                 bar.close()
                 self.write_csv()
                 return {"stopped_at": self.step}

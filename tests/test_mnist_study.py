@@ -1,0 +1,64 @@
+"""The MNIST study's bookkeeping (eval/mnist_study.py): what its curves are plotted against must be right."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("mnist_study_under_test", ROOT / "eval" / "mnist_study.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generator_updates_follow_the_method_schedule(study):
+    from gendiv.distill.contract import method_class
+    from gendiv.distill.options import MethodOptions
+
+    def count(section, steps):
+        options = MethodOptions.parse_section(section, "method")
+        return study.generator_updates(method_class(options.name)(options), steps)
+
+    # DMD2, warm-up 100 fake steps, then 5 fake updates per generator update: one generator update every 6 steps
+    dmd2 = {"name": "dmd2", "fake_warmup_steps": 100, "fake_updates_per_generator_update": 5}
+    assert count(dmd2, 100) == 0
+    assert count(dmd2, 100 + 6 * 37) == 37
+    sid = {"name": "sid", "fake_warmup_steps": 10, "fake_updates_per_generator_update": 1}
+    assert count(sid, 10 + 2 * 25) == 25
+
+
+def test_checkpoint_nearest_a_wall_time(study, tmp_path):
+    rows = [{"step": s, "time_s": 6.0 * s} for s in (50, 100, 150)] + [{"step": 150}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for s in (50, 100, 150):
+        (tmp_path / "checkpoints" / f"step-{s:08d}").mkdir(parents=True)
+    assert study._checkpoint_at(tmp_path, 10.4)[0].name == "step-00000100"   # 600 s
+    assert study._checkpoint_at(tmp_path, 99)[0].name == "step-00000150"     # past the end: the last one
+    assert study._checkpoint_at(tmp_path, 0)[0].name == "step-00000050"
+
+
+def test_extrapolation_recovers_a_power_law(study):
+    t = np.array([2.0, 4, 8, 16, 32, 50])
+    points = [{"wall_s": 60 * x, "fid": 10 + 200 * x ** -0.8} for x in t]
+    text = study.extrapolate(points, target=15.0)
+    expected = (5 / 200) ** (-1 / 0.8)  # 10 + 200 t^-0.8 = 15 at t ≈ 100 minutes
+    assert "10.0 +" in text and f"about {expected:.0f} minutes" in text
+    assert "stays above" in study.extrapolate(points, target=9.0)
+    assert study.extrapolate(points[:3], target=15.0) == "too few points to extrapolate"
+
+
+def test_every_study_row_is_a_valid_config(study):
+    from gendiv.training import load_config
+    from gendiv.training.distill import DistillConfig
+
+    for overrides in [*study.METHODS.values(), *study.ABLATIONS.values()]:
+        cfg = load_config(DistillConfig, ROOT / "configs" / study.BASE,
+                          ["teacher.source=toy:ring8", *study.STUDY, "run.max_minutes=1", *overrides])
+        assert cfg.run.max_minutes == 1
