@@ -13,13 +13,14 @@ from .training_free import ClassifierLogLikelihood, TrainingFreeGuidedDenoiser, 
 from .diffusers_guiders import DiffusersGuidedDenoiser, IndependentConditionGuider, SigmaIntervalGuider  # noqa: E402
 from .resolve import resolve_guider, target_classes  # noqa: E402
 from .from_config import guider_from_config  # noqa: E402
+from .adapter import LoraGuidanceAdapter, ResidualGuidanceAdapter  # noqa: E402  (imported: saved folders load)
 
 __all__ = ["GuidedDenoiser", "ClassifierFreeGuidedDenoiser", "IndependentConditionGuidedDenoiser",
            "SigmaIntervalGuidedDenoiser", "AutoGuidedDenoiser", "UnconditionalPriorGuidedDenoiser",
            "TimestepGuidedDenoiser", "ClassifierGuidedDenoiser", "NoiseConditionalClassifier", "classifier_loss",
            "ClassifierLogLikelihood", "TrainingFreeGuidedDenoiser", "sample_time_travel", "DiffusersGuidedDenoiser",
            "IndependentConditionGuider", "SigmaIntervalGuider", "resolve_guider", "target_classes",
-           "guider_from_config"]
+           "guider_from_config", "LoraGuidanceAdapter", "ResidualGuidanceAdapter"]
 
 # Names before the two hierarchies were told apart (issue 20); importable, with a DeprecationWarning.
 DEPRECATED_NAMES = {
