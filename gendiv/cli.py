@@ -46,6 +46,15 @@ def _distill(args):
     _report_outputs(Path(cfg.run.output_dir).expanduser())
 
 
+def _guidance_adapter(args):
+    from .training import load_config
+    from .training.guidance_adapter import GuidanceAdapterConfig, train_guidance_adapter
+
+    cfg = load_config(GuidanceAdapterConfig, args.config, args.overrides + _run_flags(args))
+    print(json.dumps(train_guidance_adapter(cfg), indent=1))
+    _report_outputs(Path(cfg.run.output_dir).expanduser())
+
+
 def _sample(args):
     import numpy as np
     import torch
@@ -202,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--overwrite", action="store_true",
                    help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
     d.set_defaults(func=_distill)
+
+    g = sub.add_parser("guidance-adapter", help="train a one-pass CFG adapter on a frozen teacher (docs/guidance.md §6)")
+    g.add_argument("--config", help="YAML config (configs/guidance_adapter_*.yaml); defaults: the exact 2-D suite")
+    g.add_argument("overrides", nargs="*", help="section.key=value, e.g. trajectories.scale_max=7 adapter.rank=16")
+    g.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
+    g.add_argument("--overwrite", action="store_true",
+                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
+    g.set_defaults(func=_guidance_adapter)
 
     sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "
                "pipeline folder (with --num-samples), dataset:digits or dataset:mnist; REF may also be a statistics "

@@ -242,3 +242,17 @@ def test_text_adapter_samples_at_one_unet_pass_per_step(sd_folder):
         sample_euler(ClassifierFreeGuidedDenoiser(teacher, 4.0), torch.randn(3, 4, 8, 8) * 14,
                      karras_sigmas(5, 0.03, 14.0), cond)
     assert rows == [6] * 5  # two-pass CFG: conditional and empty-prompt rows in one batch
+
+
+def test_command_line_runs_the_shipped_config(tmp_path, capsys):
+    from pathlib import Path
+
+    from gendiv.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "guidance_adapter_conditional2d.yaml"
+    main(["guidance-adapter", "--config", str(config), f"run.output_dir={tmp_path}", "run.steps=3",
+          "trajectories.pool=8", "run.progress=false"])
+    assert (tmp_path / "pipeline" / "model_index.json").is_file() and "rms_gap_adapter" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        main(["guidance-adapter", f"run.output_dir={tmp_path / 'b'}", "trajectories.scale_max=0.5"])
+    assert err.value.code == 2
