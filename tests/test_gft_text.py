@@ -96,7 +96,8 @@ def test_gft_text_loss_equals_its_closed_form():
 
 def _cfg(folder, out, *extra):
     return load_config(TextTrainConfig, None, [f"teacher={folder}", f"run.output_dir={out}", "run.batch_size=8",
-                                               "run.progress=false", "run.steps=3", "gft.time_cond_proj_dim=32",
+                                               "run.progress=false", "run.steps=3", "run.threads=1",
+                                               "gft.time_cond_proj_dim=32",
                                                "gft.eval_steps=2", "optim.lr=1e-3", *extra])
 
 
@@ -116,12 +117,18 @@ def test_gradient_reaches_the_beta_embedding_and_unet_not_the_text_encoder(sd_fo
     trainer.release_output_dir()
 
 
-def test_training_runs_and_the_stock_pipeline_samples_it_one_pass_per_step(sd_folder, tmp_path):
+@pytest.fixture(scope="module")
+def gft_run(sd_folder, tmp_path_factory):
+    """Three GFT steps on the exact two-prompt suite; the run folder and the final evaluation."""
+    out = tmp_path_factory.mktemp("gft") / "run"
+    return out, TextTeacherTrainer(_cfg(sd_folder, out)).fit()
+
+
+def test_training_runs_and_the_stock_pipeline_samples_it_one_pass_per_step(gft_run):
     """A few GFT steps end to end; the exported folder is the teacher's StableDiffusionPipeline with a UNet whose
     cond_proj is trained and saved in its safetensors. In a fresh process the stock pipeline at guidance_scale s
     calls the UNet once per step and equals gendiv's own DDIM loop over the GFT denoiser at s."""
-    out = tmp_path / "run"
-    summary = TextTeacherTrainer(_cfg(sd_folder, out)).fit()
+    out, summary = gft_run
     assert summary["sliced_w2_to_cfg_3"] > 0
     folder = out / "pipeline"
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -191,16 +198,16 @@ def test_bad_config_is_one_line(sd_folder, tmp_path, override, message):
     assert "\n" not in str(err.value)
 
 
-def test_bad_teacher_and_data_are_one_line(sd_folder, tmp_path):
+def test_bad_teacher_and_data_are_one_line(sd_folder, gft_run, tmp_path):
     with pytest.raises(ConfigError, match=r"teacher=.*nope is not a text-conditioned pipeline folder"):
         _cfg(tmp_path / "nope", tmp_path / "a")
     (tmp_path / "imgs").mkdir()
     with pytest.raises(ValueError, match=r"folder:.*imgs has no metadata.jsonl"):
         TextTeacherTrainer(_cfg(sd_folder, tmp_path / "b", f"data.source=folder:{tmp_path / 'imgs'}"))
-    plain = tmp_path / "edm_on_gft"
-    TextTeacherTrainer(_cfg(sd_folder, tmp_path / "g", "run.steps=1")).fit()
     with pytest.raises(ConfigError, match=r"objective edm trains a plain conditional model, but teacher=.* takes"):
-        TextTeacherTrainer(_cfg(tmp_path / "g" / "pipeline", plain, "objective=edm"))
+        TextTeacherTrainer(_cfg(gft_run[0] / "pipeline", tmp_path / "c", "objective=edm"))
+    with pytest.raises(ConfigError, match=r"teacher must name a StableDiffusionPipeline-shaped folder"):
+        TextTeacherTrainer(load_config(TextTrainConfig, None, [f"run.output_dir={tmp_path / 'd'}"]))
 
 
 def test_captioned_folder_trains(sd_folder, tmp_path):

@@ -31,7 +31,7 @@ from ..models.latent_text import encode_prompts, is_text_pipeline_folder, latent
 from ..objectives import denoising_loss
 from ..objectives.guidance_free import gft_loss
 from ..sampling import sample
-from ..space import SIGMA_SAMPLERS, vp_sigmas_from_alphas_cumprod
+from ..space import SIGMA_SAMPLERS, sample_sigma, vp_sigmas_from_alphas_cumprod
 from ..toy import GaussianMixture, sliced_wasserstein2
 from .config import ConfigError, check, check_optimizer, load_config, to_dict
 from .data import _resize
@@ -58,13 +58,14 @@ class TextOptimConfig:
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     ema_decay: float = 0.999
-    sigma_sampler: str = "lognormal"
+    sigma_sampler: str = "teacher"    # teacher: σ of a uniform draw of the VP teacher's training timesteps (how SD
+                                      # trains); or one of gendiv's σ samplers (lognormal, log_uniform, ...)
     cond_drop_prob: float = 0.1       # prompt → empty prompt: the unconditional branch keeps learning
 
     def __post_init__(self):
         check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay)
-        check(self.sigma_sampler in SIGMA_SAMPLERS,
-              f"optim.sigma_sampler must be one of {sorted(SIGMA_SAMPLERS)}, got {self.sigma_sampler!r}")
+        check(self.sigma_sampler in ("teacher", *SIGMA_SAMPLERS), f"optim.sigma_sampler must be teacher or one of "
+              f"{sorted(SIGMA_SAMPLERS)}, got {self.sigma_sampler!r}")
         check(0 <= self.cond_drop_prob <= 1, f"optim.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
 
 
@@ -189,6 +190,9 @@ class TextTeacherTrainer(TrainingLoop):
         if cfg.objective == "edm" and den.config.scalar_names:
             raise ConfigError(f"objective edm trains a plain conditional model, but teacher={cfg.teacher} takes "
                               f"{den.config.scalar_names} as inputs (a GFT folder): use objective gft")
+        if cfg.optim.sigma_sampler == "teacher" and den.alphas_cumprod is None:
+            raise ConfigError(f"optim.sigma_sampler=teacher needs a VP (DDPM-schedule) teacher; {cfg.teacher} is "
+                              f"{den.config.parameterization}: choose one of {sorted(SIGMA_SAMPLERS)}")
         self.source = self._build_source()
         self.prompt_embeds = encode_prompts(self.teacher.tokenizer, self.teacher.text_encoder, self.source.prompts)
         model = gft_text_denoiser(den, cfg.gft.time_cond_proj_dim) if cfg.objective == "gft" else den
@@ -207,10 +211,18 @@ class TextTeacherTrainer(TrainingLoop):
     def condition(self, prompt_index: torch.Tensor, drop: torch.Tensor | None = None) -> Condition:
         return Condition(text_embeds=self.prompt_embeds[prompt_index], drop=drop)
 
+    def draw_sigma(self, batch: int, generator) -> torch.Tensor:
+        name = self.cfg.optim.sigma_sampler
+        if name != "teacher":
+            return sample_sigma(name, batch, generator=generator)
+        grid = vp_sigmas_from_alphas_cumprod(self.teacher.denoiser.alphas_cumprod).float()
+        return grid[torch.randint(0, len(grid), (batch,), generator=generator)]
+
     def loss(self, model, x0, cond, generator):
+        sigma = self.draw_sigma(len(x0), generator).to(x0.device)
         if self.cfg.objective == "gft":
-            return gft_loss(model, x0, cond, self.cfg.gft.beta_min, generator, sigma_sampler=self.cfg.optim.sigma_sampler)
-        return denoising_loss(model, x0, cond, sigma_sampler=self.cfg.optim.sigma_sampler, generator=generator)
+            return gft_loss(model, x0, cond, self.cfg.gft.beta_min, generator, sigma=sigma)
+        return denoising_loss(model, x0, cond, sigma=sigma, generator=generator)
 
     def train_step(self) -> dict:
         dev = self.accelerator.device
@@ -246,26 +258,34 @@ def sampling_sigmas(denoiser) -> dict:
     return {"sigma_min": float(grid[0]), "sigma_max": float(grid[-1])}
 
 
-def guided_samples(model, suite: TwoPromptSuite, condition, scale: float, n: int, steps: int, seed: int,
-                   two_pass: bool = False):
-    """Samples of ``model`` at guidance ``scale`` and of the exact CFG target (the analytic mixture guided at the
-    same scale), with the same labels, noise and Heun grid. A GFT model reads the scale (one pass per step); a plain
-    model is sampled conditionally, or with two-pass CFG if ``two_pass``."""
+def exact_guided_samples(suite: TwoPromptSuite, labels: torch.Tensor, scale: float, steps: int, seed: int,
+                         **grid) -> torch.Tensor:
+    """Samples of the exact CFG denoiser at ``scale`` (the analytic mixture; scale 1: the exact conditional), shaped
+    like the latents, with the noise a model sampled by ``sample`` at the same seed and grid gets."""
     from ..guidance import ClassifierFreeGuidedDenoiser
     from ..toy import AnalyticDenoiser
 
-    g = torch.Generator().manual_seed(seed)
-    labels = suite.dist.sample_labels(n, g)
+    exact = ClassifierFreeGuidedDenoiser(AnalyticDenoiser(suite.dist), scale)
+    x = sample(exact, (len(labels), suite.dist.dim), num_steps=steps, cond=Condition(class_labels=labels),
+               generator=torch.Generator().manual_seed(seed), **grid)
+    return x.view(len(labels), *suite.shape)
+
+
+def guided_samples(model, suite: TwoPromptSuite, condition, scale: float, n: int, steps: int, seed: int,
+                   two_pass: bool = False):
+    """Samples of ``model`` at guidance ``scale`` and of the exact CFG target, with the same labels, noise and Heun
+    grid (the teacher's σ range). ``condition(prompt_index)`` gives the text condition. A GFT model reads the scale
+    (one pass per step); a plain model is sampled conditionally, or with two-pass CFG if ``two_pass``."""
+    from ..guidance import ClassifierFreeGuidedDenoiser
+
+    labels = suite.dist.sample_labels(n, torch.Generator().manual_seed(seed))
     cond = condition(labels)
     if model.config.scalar_names:
         cond = with_guidance_scale(cond, scale, n, "cpu")
     den = ClassifierFreeGuidedDenoiser(model, scale) if two_pass else model
-    grid = dict(num_steps=steps, **sampling_sigmas(model))
-    x = sample(den, (n, *suite.shape), cond=cond, generator=torch.Generator().manual_seed(seed), **grid)
-    exact = ClassifierFreeGuidedDenoiser(AnalyticDenoiser(suite.dist), scale)
-    target = sample(exact, (n, math.prod(suite.shape)), cond=Condition(class_labels=labels),
-                    generator=torch.Generator().manual_seed(seed), **grid)
-    return x, target.view_as(x)
+    grid = sampling_sigmas(model)
+    x = sample(den, (n, *suite.shape), num_steps=steps, cond=cond, generator=torch.Generator().manual_seed(seed), **grid)
+    return x, exact_guided_samples(suite, labels, scale, steps, seed, **grid)
 
 
 def export_text_pipeline(teacher_folder, denoiser, out: Path):
