@@ -905,6 +905,13 @@ def bench_guidance_adapter(args) -> str:
     return eval_module("guidance_adapter").run(args, sys.modules[__name__])
 
 
+@benchmark("gft_text")
+def bench_gft_text(args) -> str:
+    """GFT of a tiny text teacher, one pass per step, against exact CFG samples on the two-prompt suite
+    (eval/gft_text.py)."""
+    return eval_module("gft_text").run(args, sys.modules[__name__])
+
+
 # ------------------------------------------------------------------------------------------------------------
 def update_readme(name: str, markdown: str, readme: Path = ROOT / "README.md"):
     text = readme.read_text()
