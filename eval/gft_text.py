@@ -29,7 +29,8 @@ def train(teacher: Path, out: Path, objective: str, steps: int, seed: int) -> Pa
         train_text_teacher(load_config(TextTrainConfig, None, [
             f"teacher={teacher}", f"objective={objective}", f"run.output_dir={out}", f"run.steps={steps}",
             f"run.seed={seed}", f"run.batch_size={BATCH}", "run.progress=false", "run.overwrite=true", "run.threads=1",
-            "run.sample_every=0", "optim.lr=2e-3", "optim.ema_decay=0.99", "gft.beta_min=0.25", "gft.time_cond_proj_dim=32",
+            "run.sample_every=0", "optim.lr=2e-3", "optim.ema_decay=0.99", "gft.beta_min=0.25",
+            "gft.time_cond_proj_dim=32",
             "gft.eval_steps=4"]))
     return out / "pipeline"
 

@@ -68,7 +68,7 @@ def test_zero_initialised_gft_text_model_equals_its_teacher_at_every_scale():
 
 
 def test_gft_text_loss_equals_its_closed_form():
-    """gft_loss on prompts: mean over the batch of λ(σ)·mean(β·D_s(x|c, 1/β) + (1 − β)·D_s(x|"", 1) − x₀)², with
+    """gft_loss on prompts: batch mean of λ(σ)·mean(β·D_s(x|c, 1/β) + (1 − β)·D_s(x|"", 1) − x₀)², with
     λ = 1/σ² + 1/σ_d², evaluated here by separate network calls; the dropped sample uses the empty prompt in both
     branches (its β still weights them, so its target is the unconditional model)."""
     pipe, _, gft = teacher_and_gft()

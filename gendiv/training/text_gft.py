@@ -4,8 +4,8 @@ that its UNet samples CFG at scale s in one pass per step (docs/guidance_free.md
 The objective is the class-conditional one (objectives/guidance_free.py) with two substitutions, as in the GFT
 paper's Stable Diffusion case: the unconditional branch is the empty prompt's embedding (the denoiser's
 ``null_text_embeds``, what StableDiffusionPipeline encodes for ``""``), and β enters through the UNet's time
-embedding: the guidance embedding of w = 1/β − 1 passes ``time_embedding.cond_proj`` (created zero-initialised, so the
-model starts equal to the teacher for every β) and is added to the sinusoidal timestep embedding. That is the input
+embedding: the guidance embedding of w = 1/β − 1 passes ``time_embedding.cond_proj`` (created zero-initialised, so
+the model starts equal to the teacher for every β) and is added to the sinusoidal timestep embedding. That is the input
 StableDiffusionPipeline feeds a UNet with ``time_cond_proj_dim``, and it then skips CFG's second pass, so the exported
 folder samples guided with the stock pipeline: ``pipe(prompt, guidance_scale=s)``.
 
@@ -49,7 +49,8 @@ class TextDataConfig:
     def __post_init__(self):
         check(self.source == TOY_TEXT_SOURCE or self.source.startswith("folder:"),
               f"data.source must be {TOY_TEXT_SOURCE} or folder:<path>, got {self.source!r}")
-        check(self.image_size is None or self.image_size >= 8, f"data.image_size must be ≥ 8 or null, got {self.image_size}")
+        check(self.image_size is None or self.image_size >= 8,
+              f"data.image_size must be ≥ 8 or null, got {self.image_size}")
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TextOptimConfig:
 @dataclass
 class TextGFTOptions:
     beta_min: float = 0.2             # β ~ U(β_min, 1]: one model for guidance scales 1 ≤ s ≤ 1/β_min
-    time_cond_proj_dim: int = 256     # width of the guidance embedding added to the timestep embedding (LCM-SD's)
+    time_cond_proj_dim: int = 512     # width of the guidance embedding added to the timestep embedding (GFT's SD 1.5)
     eval_guidance_scale: float = 3.0  # the scale the evaluation samples at (one pass per step)
     eval_steps: int = 18              # Heun steps of the evaluation sampler
 
@@ -95,7 +96,8 @@ class TextTrainConfig:
     gft: TextGFTOptions = field(default_factory=TextGFTOptions)
 
     def __post_init__(self):
-        check(self.objective in TEXT_OBJECTIVES, f"objective must be one of {list(TEXT_OBJECTIVES)}, got {self.objective!r}")
+        check(self.objective in TEXT_OBJECTIVES,
+              f"objective must be one of {list(TEXT_OBJECTIVES)}, got {self.objective!r}")
         check(not self.teacher or is_text_pipeline_folder(self.teacher), f"teacher={self.teacher} is not a "
               "text-conditioned pipeline folder (no model_index.json with a text_encoder)")
 
@@ -237,7 +239,7 @@ class TextTeacherTrainer(TrainingLoop):
 
     @torch.no_grad()
     def evaluate(self, final: bool) -> dict:
-        """On the exact suite: sliced W₂ of one-pass samples at ``gft.eval_guidance_scale`` to the exact CFG target."""
+        """On the exact suite: sliced W₂ of one-pass samples at ``gft.eval_guidance_scale`` to exact CFG samples."""
         if not self.is_main or not isinstance(self.source, TwoPromptSuite):
             return {}
         s = self.cfg.gft.eval_guidance_scale
@@ -284,7 +286,8 @@ def guided_samples(model, suite: TwoPromptSuite, condition, scale: float, n: int
         cond = with_guidance_scale(cond, scale, n, "cpu")
     den = ClassifierFreeGuidedDenoiser(model, scale) if two_pass else model
     grid = sampling_sigmas(model)
-    x = sample(den, (n, *suite.shape), num_steps=steps, cond=cond, generator=torch.Generator().manual_seed(seed), **grid)
+    x = sample(den, (n, *suite.shape), num_steps=steps, cond=cond, generator=torch.Generator().manual_seed(seed),
+               **grid)
     return x, exact_guided_samples(suite, labels, scale, steps, seed, **grid)
 
 
