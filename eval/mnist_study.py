@@ -63,7 +63,7 @@ ABLATIONS = {
 
 
 def run_dir(label: str) -> Path:
-    return RUNS / "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+    return RUNS / "".join(c if c.isascii() and c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
 # -- the teacher artefact ---------------------------------------------------------------------------------
@@ -329,7 +329,9 @@ def run_study(args, bench) -> dict:
 
 
 def _curve(job: dict, n: int) -> list[dict]:
-    return [evaluate_checkpoint(Path(job["out"]), m, n) for m in job["eval_minutes"]]
+    """The run's evaluated points, one per checkpoint, in training order."""
+    points = {p["step"]: p for p in (evaluate_checkpoint(Path(job["out"]), m, n) for m in job["eval_minutes"])}
+    return [points[step] for step in sorted(points)]
 
 
 def _fmt_kid(e: dict) -> str:
@@ -342,6 +344,8 @@ def extrapolate(points: list[dict], target: float) -> str:
 
     t = np.array([p["wall_s"] / 60 for p in points])
     fid = np.array([p["fid"] for p in points])
+    if fid[-1] <= target:
+        return f"its last point ({fid[-1]:.1f}) is already at or below the teacher's {target:.1f}"
     if len(t) < 4:
         return "too few points to extrapolate"
     try:
@@ -363,7 +367,8 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
 
     from gendiv.plotting import image_grid
 
-    teacher, jobs = study["teacher"], study["jobs"]
+    teacher = study["teacher"]
+    jobs = [j for j in study["jobs"] if j["kind"] == "train"]
     n, n_curve = args.fid_samples, args.curve_samples
     t_full, t_curve = evaluate_teacher(teacher, n), evaluate_teacher(teacher, n_curve)
     main_job = next(j for j in jobs if j["label"] == "DMD2")
@@ -377,7 +382,7 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
          ["student: DMD2 (kept recipe)", 1, f"{main_final['fid']:.2f}", _fmt_kid(main_final),
           f"{main_final['wall_s'] / 60:.0f} min on 1 thread, {main_final['generator_updates']:,} generator updates"]])
 
-    curves = {j["label"]: _curve(j, n_curve) for j in jobs if j["kind"] == "train" and not j["label"].startswith("abl")}
+    curves = {j["label"]: _curve(j, n_curve) for j in jobs if not j["label"].startswith("ablation: ")}
     rows = [[label, 2 if "2 steps" in label else 1, f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
              f"{p['fid']:.1f}", _fmt_kid(p)] for label, points in curves.items() for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))

@@ -26,12 +26,13 @@ def test_generator_updates_follow_the_method_schedule(study):
         options = MethodOptions.parse_section(section, "method")
         return study.generator_updates(method_class(options.name)(options), steps)
 
-    # DMD2, warm-up 100 fake steps, then 5 fake updates per generator update: one generator update every 6 steps
+    # DMD2: a warm-up of 100 fake-only steps, then every step updates the fake score and every 5th the generator too
     dmd2 = {"name": "dmd2", "fake_warmup_steps": 100, "fake_updates_per_generator_update": 5}
     assert count(dmd2, 100) == 0
-    assert count(dmd2, 100 + 6 * 37) == 37
+    assert count(dmd2, 100 + 5 * 37) == 37
+    assert count(dmd2, 100 + 5 * 37 + 1) == 38
     sid = {"name": "sid", "fake_warmup_steps": 10, "fake_updates_per_generator_update": 1}
-    assert count(sid, 10 + 2 * 25) == 25
+    assert count(sid, 10 + 25) == 25
 
 
 def test_checkpoint_nearest_a_wall_time(study, tmp_path):
@@ -60,5 +61,10 @@ def test_every_study_row_is_a_valid_config(study):
 
     for overrides in [*study.METHODS.values(), *study.ABLATIONS.values()]:
         cfg = load_config(DistillConfig, ROOT / "configs" / study.BASE,
-                          ["teacher.source=toy:ring8", *study.STUDY, "run.max_minutes=1", *overrides])
+                          ["teacher.source=pipeline:eval/artifacts/teacher_mnist", *study.STUDY, "run.max_minutes=1", *overrides])
         assert cfg.run.max_minutes == 1
+
+
+def test_extrapolation_says_when_the_teacher_is_reached(study):
+    points = [{"wall_s": 60 * x, "fid": 30 / x} for x in (1.0, 2, 4, 8)]
+    assert "already at or below" in study.extrapolate(points, target=5.0)
