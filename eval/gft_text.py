@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-PRETRAIN_STEPS, FINETUNE_STEPS, BATCH, SCALES, SAMPLES, HEUN_STEPS = 800, 250, 128, (2.0, 3.0), 1000, 12
+PRETRAIN_STEPS, FINETUNE_STEPS, BATCH, SCALES, SAMPLES, HEUN_STEPS = 1000, 300, 128, (2.0, 3.0), 1000, 12
 SHARED = (1, 2)  # the shared component's indices in TwoPromptSuite's mixture
 
 
