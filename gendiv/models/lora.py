@@ -159,12 +159,18 @@ class SharedLora:
 
         return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
-    def save_lora(self, folder, name: str, pipeline_class) -> None:
+    def save_lora(self, folder, name: str, pipeline_class, write: bool = True) -> None:
         """Adapter ``name`` in diffusers' LoRA format (``pytorch_lora_weights.safetensors`` with the adapter's rank,
-        alpha and targets as metadata), for ``pipeline_class`` (the teacher's pipeline class)."""
+        alpha and targets as metadata), for ``pipeline_class`` (the teacher's pipeline class). Sharded adapters are
+        gathered whole first, a collective: call it on every process, with ``write`` true on one."""
         from peft.utils import get_peft_model_state_dict
 
-        state = get_peft_model_state_dict(self.net, adapter_name=name)
+        from .sharding import is_sharded
+
+        state = {k: v.full_tensor() if is_sharded(v) else v
+                 for k, v in get_peft_model_state_dict(self.net, adapter_name=name).items()}
+        if not write:
+            return
         metadata = self.net.peft_config[name].to_dict()
         is_unet = hasattr(self.denoiser, "unet") or self.denoiser.config.get("family") == "sdxl"
         prefix = "unet" if is_unet else "transformer"

@@ -23,7 +23,9 @@ from ..guidance import ClassifierFreeGuidedDenoiser, guider_from_config
 from ..models import DiscriminatorHead, OneStepGenerator
 from ..models.latent_text import is_text_pipeline_folder
 from ..models.lora import DEFAULT_TARGETS as DEFAULT_LORA_TARGETS
-from ..models.lora import LoraOneStepGenerator, LoraSpec, SharedLora
+from ..models.lora import AdapterView, LoraOneStepGenerator, LoraSpec, SharedLora
+from ..models.sharding import (Skeleton, enable_gradient_checkpointing, full_state_dict, is_sharded, reshard,
+                               shard_network)
 from ..models.pipeline_teachers import PipelineTeacher
 from ..models.teachers import load_teacher
 from ..pipelines import OneStepPipeline, OneStepTextToImagePipeline
@@ -35,6 +37,7 @@ from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import apply_memory_format, is_image_source, teacher_is_image_model
 from .data import TeacherSpaceSource, ToySource, draw_labels
+from .fsdp import ShardedCheckpoint, check_can_shard, refuse_accelerate_fsdp
 from .loop import RunConfig, TrainingLoop
 
 
@@ -80,12 +83,20 @@ class LoraConfig:
     rank: int = 0
     alpha: float | None = None                 # the update is (α/r)·B·A; None: α = r
     target_modules: list = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
-    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check(self.rank >= 0, f"student.lora.rank must be ≥ 0 (0: full-weight student), got {self.rank}")
         check(self.alpha is None or self.alpha > 0, f"student.lora.alpha must be > 0, got {self.alpha}")
         check(bool(self.target_modules), "student.lora.target_modules must name at least one module (e.g. to_q)")
+
+
+@dataclass
+class MemoryConfig:
+    """Memory at scale (gendiv/training/fsdp.py): sharding over the processes and recomputed activations."""
+
+    fsdp: bool = False                    # FSDP2: every trained network, the EMA and the frozen teacher sharded
+    gradient_checkpointing: bool = False  # every trained UNet/transformer (LoRA: the shared base) recomputes its
+                                          # blocks' activations in the backward pass; small heads are not worth it
 
 
 @dataclass
@@ -158,6 +169,7 @@ class DistillConfig:
     sigma_fake: SigmaSampler = field(default_factory=LogNormalSigma)
     optim: DistillOptimConfig = field(default_factory=DistillOptimConfig)
     eval: DistillEvalConfig = field(default_factory=DistillEvalConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def __post_init__(self):
         if isinstance(self.method, dict):  # built in Python with a plain mapping
@@ -212,6 +224,11 @@ class DistillTrainer(TrainingLoop):
                          or teacher_is_image_model(cfg.teacher.source))
         self.cfg = cfg
         acc = self.accelerator
+        refuse_accelerate_fsdp(acc)
+        if cfg.memory.fsdp:  # FSDP2 shards contiguous weights only
+            check(cfg.run.channels_last is not True, "memory.fsdp shards contiguous weights only: set "
+                  "run.channels_last=false (or auto)")
+            self.run.channels_last = False
         teacher, default_data, self.text_teacher = load_teacher(cfg.teacher.source, null_class=cfg.teacher.null_class)
         self.lora = self._shared_lora(teacher)
         if self.lora is not None:  # one base in memory: the teacher is the base with no adapter
@@ -239,12 +256,14 @@ class DistillTrainer(TrainingLoop):
             raise ConfigError(f"teacher.guidance_scale={cfg.teacher.guidance_scale} needs a class-conditional teacher and "
                               "data (CFG guides against the null class); this teacher is unconditional")
         self.guided_teacher = None if teacher is None else self._guided(self.teacher)
-        self._prepare_networks({STUDENT: student, **nets})
-        if self.lora is not None:  # the EMA is a third adapter on the same base, not a copy of the base
-            self.ema_generator = LoraOneStepGenerator(self.lora.copy_adapter("student", "ema"), sigma_init).eval()
-            self.ema[STUDENT] = (self.ema_generator, self.nets[STUDENT], cfg.optim.ema_decay)
+        self.sharded, self.sharded_roots = cfg.memory.fsdp, []
+        if self.sharded:  # the EMA is made whole, then sharded with the rest
+            check_can_shard(self.mixed_precision)
+            self._add_student_ema(student, sigma_init)
+            self._shard_networks({STUDENT: student, **nets})
         else:
-            self.ema_generator = self.add_ema(STUDENT, self.nets[STUDENT], cfg.optim.ema_decay)
+            self._prepare_networks({STUDENT: student, **nets})
+            self._add_student_ema(self.nets[STUDENT], sigma_init)
         for name, module in method.state_modules().items():
             self.extra_state[name] = module.to(acc.device)
         method.prepare(MethodSetup(teacher=self.guided_teacher, sample_shape=student.sample_shape,
@@ -294,7 +313,7 @@ class DistillTrainer(TrainingLoop):
             raise ConfigError(f"student.lora: {self.cfg.teacher.source} is not a pipeline with diffusers' LoRA loader "
                               "(Stable Diffusion, SDXL, SD3, PixArt, ...); the adapter could not be exported for it")
         return SharedLora(teacher, LoraSpec(rank=lora.rank, alpha=lora.alpha, target_modules=list(lora.target_modules)),
-                          gradient_checkpointing=lora.gradient_checkpointing)
+                          gradient_checkpointing=self.cfg.memory.gradient_checkpointing)
 
     def _lora_pipeline_class(self):
         """The teacher's pipeline class when it loads LoRA weights (what ``pipe.load_lora_weights`` is called on)."""
@@ -314,21 +333,60 @@ class DistillTrainer(TrainingLoop):
                               "unconditional (tsg and autoguidance need no condition)")
         return guider_from_config(guider, teacher, "teacher.guider").to(self.accelerator.device).eval().requires_grad_(False)
 
-    def _prepare_networks(self, modules: dict):
-        """One optimiser per network with trainable parameters; everything through ``accelerator.prepare``."""
-        o, acc = self.cfg.optim, self.accelerator
+    def _add_student_ema(self, trained, sigma_init: float):
+        decay = self.cfg.optim.ema_decay
+        if self.lora is not None:  # the EMA is a third adapter on the same base, not a copy of the base
+            self.ema_generator = LoraOneStepGenerator(self.lora.copy_adapter("student", "ema"), sigma_init).eval()
+            self.ema[STUDENT] = (self.ema_generator, trained, decay)
+        else:
+            self.ema_generator = self.add_ema(STUDENT, trained, decay)
+
+    def _networks_and_optimizers(self, modules: dict) -> dict:
+        """The run's speed and memory switches on each network, and one optimiser per network with trainable
+        parameters (parameter-free ones, e.g. SiDA's encoder head, get none)."""
+        o = self.cfg.optim
         unknown = sorted(set(o.lr) - set(modules))
         if unknown:
             raise ConfigError(f"optim.lr.{unknown[0]}: method {self.method.name} has no network {unknown[0]!r}; "
                               f"its networks: {sorted(modules)}")
+        if self.cfg.memory.gradient_checkpointing and self.lora is None:  # LoRA: SharedLora checkpoints its base
+            for m in modules.values():
+                enable_gradient_checkpointing(m)
         modules = {name: self.speed_up(m) for name, m in modules.items()}
+        if self.sharded:
+            self._shard(modules)
         self.trainable = {name: [p for p in m.parameters() if p.requires_grad] for name, m in modules.items()}
-        optimizers = {name: self.optimizer(params, o.lr_of(name), o.betas, o.weight_decay)
-                      for name, params in self.trainable.items() if params}  # parameter-free: e.g. SiDA's encoder head
+        return {name: self.optimizer(params, o.lr_of(name), o.betas, o.weight_decay)
+                for name, params in self.trainable.items() if params}
+
+    def _prepare_networks(self, modules: dict):
+        """Every network and optimiser through ``accelerator.prepare`` (DDP over several processes)."""
+        acc = self.accelerator
+        optimizers = self._networks_and_optimizers(modules)
         prepared = acc.prepare(*modules.values(), *optimizers.values())
         self.nets = dict(zip(modules, prepared[:len(modules)]))
         self.optimizers = dict(zip(optimizers, prepared[len(modules):]))
         self.unwrapped = {name: acc.unwrap_model(m) for name, m in self.nets.items()}
+
+    def _shard_networks(self, modules: dict):
+        """memory.fsdp: FSDP2 instead of DDP (gendiv/training/fsdp.py); the networks' and optimisers' shards are
+        checkpointed by ``ShardedCheckpoint`` from accelerate's own save_state/load_state."""
+        self.optimizers = self._networks_and_optimizers(modules)
+        self.nets = self.unwrapped = dict(modules)
+        ShardedCheckpoint(self.accelerator, self.nets, self.optimizers)
+
+    def _shard(self, modules: dict):
+        """Every network sharded in place: the LoRA base once with all its adapters (student, fake, EMA: the views'
+        parameters become its shards), other networks, the EMA and the teacher each as their own unit."""
+        if self.lora is not None:
+            self.sharded_roots = [self.lora.shard().denoiser]
+        else:
+            self._ema_skeleton = Skeleton(self.ema_generator)
+            self.sharded_roots = [shard_network(self.ema_generator)]
+            if self.teacher is not None and not isinstance(self.teacher, AnalyticDenoiser):
+                self.sharded_roots.append(shard_network(self.teacher))
+        self.sharded_roots += [shard_network(m) for m in modules.values()
+                               if not isinstance(m, (LoraOneStepGenerator, AdapterView))]
 
     def _check_schedule(self):
         steps = self.run.steps
@@ -411,6 +469,8 @@ class DistillTrainer(TrainingLoop):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+            for net in self.sharded_roots:  # the next update gathers them again, with their new trainability
+                reshard(net)
 
     def _run_update(self, update, draws: StepDraws) -> dict:
         acc = self.accelerator
@@ -440,7 +500,8 @@ class DistillTrainer(TrainingLoop):
         if self.run.grad_clip:
             norm = self.accelerator.clip_grad_norm_(params, self.run.grad_clip)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = norm.full_tensor() if is_sharded(norm) else norm  # one norm of the whole gradient on every process
         self.check_finite(f"gradient norm of {name}", torch.as_tensor(norm))
         return float(norm)
 
@@ -465,16 +526,20 @@ class DistillTrainer(TrainingLoop):
                       generator=g, device=self.accelerator.device).cpu()
 
     def evaluate(self, final: bool) -> dict:
-        if not self.is_main:
+        if not (self.is_main or self.sharded):  # a sharded student runs on every process (its weights are spread)
             return {}
         n, seed = self.cfg.eval.num_samples, self.run.seed + 1
         tag = "final" if final else f"step{self.step:07d}"
         if not isinstance(self.source, ToySource):
             x, _ = self.one_step_samples(64, seed)
-            image_grid(self.out / f"samples_{tag}.png", x, title=f"one-step student ({self.method.label}), step {self.step}")
+            if self.is_main:
+                image_grid(self.out / f"samples_{tag}.png", x,
+                           title=f"one-step student ({self.method.label}), step {self.step}")
+            return {}
+        x, labels = self.one_step_samples(n, seed)
+        if not self.is_main:
             return {}
         dist = self.source.dist
-        x, labels = self.one_step_samples(n, seed)
         ref = dist.sample(n, torch.Generator().manual_seed(seed + 1), class_labels=labels)
         cond = None if labels is None else Condition(class_labels=labels)  # log p(x | c), not log p(x)
         student = exact_metrics(dist, x, ref, cond=cond)
@@ -495,21 +560,30 @@ class DistillTrainer(TrainingLoop):
         return {f"student/{k}": v for k, v in student.items()} | {f"teacher/{k}": v for k, v in result.get("teacher", {}).items()}
 
     def export(self):
-        if not self.is_main:
-            return
         if self.lora is not None:  # diffusers' LoRA format: the teacher pipeline's load_lora_weights gives the student
-            self.lora.save_lora(self.out / "lora", "ema", self._lora_pipeline_class())
+            self.lora.save_lora(self.out / "lora", "ema", self._lora_pipeline_class(), write=self.is_main)
+            return
+        student = self.whole_ema_generator()
+        if not self.is_main:
             return
         t = self.text_teacher
         if isinstance(t, PipelineTeacher):  # SDXL/SD3/PixArt-shaped: the teacher's own pipeline class, one step
-            t.save_student(self.ema_generator, self.out / "pipeline")
+            t.save_student(student, self.out / "pipeline")
             return
         if t is not None:
-            pipe = OneStepTextToImagePipeline(student=self.ema_generator, vae=t.vae, text_encoder=t.text_encoder,
+            pipe = OneStepTextToImagePipeline(student=student, vae=t.vae, text_encoder=t.text_encoder,
                                               tokenizer=t.tokenizer)
         else:
-            pipe = OneStepPipeline(student=self.ema_generator)
+            pipe = OneStepPipeline(student=student)
         pipe.save_pretrained(str(self.out / "pipeline"))
+
+    def whole_ema_generator(self):
+        """The EMA student as one unsharded module on the main process (memory.fsdp: gathered from every process's
+        shards, a collective; None elsewhere)."""
+        if not self.sharded:
+            return self.ema_generator
+        state = full_state_dict(self.ema_generator, keep=self.is_main)
+        return self._ema_skeleton.whole(state).eval() if self.is_main else None
 
 
 def distill(cfg: DistillConfig) -> dict:
