@@ -123,7 +123,8 @@ def test_one_pass_samples_match_two_pass_cfg_samples_and_the_untrained_adapter_d
 
     def draw(den):
         with torch.no_grad():
-            return sample(den, (n, 2), num_steps=18, sampler="euler", cond=cond, generator=torch.Generator().manual_seed(3))
+            return sample(den, (n, 2), num_steps=18, sampler="euler", cond=cond,
+                          generator=torch.Generator().manual_seed(3))
 
     cfg = draw(ClassifierFreeGuidedDenoiser(trainer.teacher, s))
     one_pass, control = draw(_guided(trainer.adapter, s)), draw(_guided(untrained, s))

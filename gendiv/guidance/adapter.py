@@ -56,6 +56,13 @@ def split_guidance(cond: Condition | None, batch: int) -> tuple[torch.Tensor, Co
     return w, Condition(cond.class_labels, cond.drop, rest, cond.text_embeds)
 
 
+def guided_samples(cond: Condition, batch: int, device) -> torch.Tensor:
+    """True where a sample is conditional; CFG leaves samples marked unconditional (``drop``) as the teacher's."""
+    if cond.drop is None:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    return ~cond.drop.to(device)
+
+
 class FourierFeatures(nn.Module):
     """sin/cos of a scalar at fixed random frequencies (as MLPDenoiser embeds c_noise)."""
 
@@ -154,7 +161,7 @@ class ResidualGuidanceAdapter(ModelMixin, ConfigMixin):
         denoised = self.base(x, sigma, plain)
         _, c_out, c_in, c_noise = edm_preconditioning(append_dims(sigma, x.ndim), self.config.sigma_data)
         labels = plain.class_labels if plain.class_labels is not None else torch.zeros(batch, dtype=torch.long)
-        guided = torch.ones(batch, dtype=torch.bool, device=x.device) if plain.drop is None else ~plain.drop.to(x.device)
+        guided = guided_samples(plain, batch, x.device)
         idx = torch.where(guided, labels.to(x.device), self.config.num_classes)
         parts = [c_in * x, denoised / self.config.sigma_data, self.time_features(c_noise.flatten()),
                  self.class_embed(idx), self.scale_features(w), w.float()[:, None]]
@@ -180,15 +187,15 @@ class LoraGuidanceAdapter(nn.Module):
 
         super().__init__()
         self.spec = spec or LoraSpec()
-        self.settings = {"rank": self.spec.rank, "alpha": self.spec.alpha, "target_modules": list(self.spec.target_modules),
-                         "embed_dim": embed_dim, "hidden": hidden, "adapter_name": adapter_name}
+        self.settings = {"rank": self.spec.rank, "alpha": self.spec.alpha,
+                         "target_modules": list(self.spec.target_modules), "embed_dim": embed_dim, "hidden": hidden,
+                         "adapter_name": adapter_name}
         shared = SharedLora(teacher, self.spec)
         embedding = getattr(base_network(teacher), "time_embedding", None)
         if embedding is None or not hasattr(embedding, "linear_2"):
             raise UserError(f"a LoRA guidance adapter adds the scale to a UNet's time embedding; "
                             f"{type(base_network(teacher)).__name__} has no time_embedding.linear_2")
-        self.adapted, self.teacher = shared.view(adapter_name), shared.view(None)
-        self.teacher.requires_grad_(False)
+        self.adapted, self.teacher = shared.view(adapter_name), shared.view(None)  # the teacher view has no weights
         self._embedding = [embedding]  # a hook point, not a submodule (it belongs to the base)
         self.scale_embedding = ScaleEmbedding(embedding.linear_2.out_features, embed_dim, hidden)
 
@@ -202,8 +209,7 @@ class LoraGuidanceAdapter(nn.Module):
 
     def forward(self, x, sigma, cond=None, return_features: bool = False):
         w, plain = split_guidance(as_condition(cond), x.shape[0])
-        guided = torch.ones_like(w, dtype=torch.bool) if plain.drop is None else ~plain.drop.to(w.device)
-        shift = self.scale_embedding(w) * guided[:, None]
+        shift = self.scale_embedding(w) * guided_samples(plain, len(w), w.device)[:, None]
 
         def add_scale(module, inputs, output):
             return output + shift.to(output.dtype)

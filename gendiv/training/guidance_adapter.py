@@ -56,7 +56,8 @@ class AdapterSection:
     target_modules: list = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
     def __post_init__(self):
-        check(self.kind in ("auto", "residual", "lora"), f"adapter.kind must be auto, residual or lora, got {self.kind!r}")
+        check(self.kind in ("auto", "residual", "lora"),
+              f"adapter.kind must be auto, residual or lora, got {self.kind!r}")
         for key in ("hidden", "depth", "embed_dim", "rank"):
             check(getattr(self, key) >= 1, f"adapter.{key} must be ≥ 1, got {getattr(self, key)}")
         check(self.embed_dim % 2 == 0, f"adapter.embed_dim must be even (sin and cos pairs), got {self.embed_dim}")
@@ -83,7 +84,8 @@ class TrajectorySection:
               f"{self.num_steps}, {self.pool}")
         check(0 < self.sigma_min < self.sigma_max, "trajectories.sigma_min and sigma_max must satisfy 0 < sigma_min < "
               f"sigma_max, got {self.sigma_min}, {self.sigma_max}")
-        check(self.refresh_every >= 0, f"trajectories.refresh_every must be ≥ 0 (0: one pool), got {self.refresh_every}")
+        check(self.refresh_every >= 0,
+              f"trajectories.refresh_every must be ≥ 0 (0: one pool), got {self.refresh_every}")
 
 
 @dataclass
