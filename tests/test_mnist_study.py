@@ -68,3 +68,16 @@ def test_every_study_row_is_a_valid_config(study):
 def test_extrapolation_says_when_the_teacher_is_reached(study):
     points = [{"wall_s": 60 * x, "fid": 30 / x} for x in (1.0, 2, 4, 8)]
     assert "already at or below" in study.extrapolate(points, target=5.0)
+
+
+def test_the_sid_config_is_the_studys_sid_row(study):
+    """configs/distill_sid_mnist.yaml is what the study measured as "SiD" (same method, σ laws, optimiser, budgetless)."""
+    from gendiv.training import load_config
+    from gendiv.training.config import to_dict
+    from gendiv.training.distill import DistillConfig
+
+    row = load_config(DistillConfig, ROOT / "configs" / study.BASE, study.METHODS["SiD"])
+    written = load_config(DistillConfig, ROOT / "configs" / "distill_sid_mnist.yaml")
+    row, written = to_dict(row), to_dict(written)
+    row["run"]["output_dir"] = written["run"]["output_dir"]
+    assert row == written
