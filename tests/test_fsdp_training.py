@@ -53,7 +53,9 @@ def _worker(rank: int, world: int, port: int, root: str, teachers: dict, results
     lora = [f"teacher.source={teachers['text']}", *LORA]
     _run(f"{root}/lora_ddp", *lora)
     _run(f"{root}/lora_fsdp", *lora, "memory.fsdp=true")
-    checkpointed = [sharded.nets[name].backbone.unet.is_gradient_checkpointing for name in ("generator", "fake")]
+    # the generator wraps its denoiser as .backbone; the fake score is a denoiser itself
+    checkpointed = [getattr(net, "backbone", net).unet.is_gradient_checkpointing
+                    for net in (sharded.nets["generator"], sharded.nets["fake"])]
     results[rank] = {"held": _held_fraction(sharded), "gathered": gathered, "checkpointed": checkpointed}
 
 
