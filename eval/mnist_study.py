@@ -308,6 +308,7 @@ def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
     evals = [{"kind": "teacher", "teacher": str(teacher), "samples": args.curve_samples},
              {"kind": "teacher", "teacher": str(teacher), "samples": args.fid_samples},
              {"kind": "checkpoint", "run": main_run, "minutes": main, "samples": args.fid_samples},
+             {"kind": "checkpoint", "run": str(run_dir("DMD2, 2 steps")), "minutes": sweep, "samples": args.fid_samples},
              {"kind": "checkpoint", "run": main_run, "minutes": ablate, "samples": args.curve_samples, "ema": False}]
     return jobs, evals
 
@@ -373,6 +374,8 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
     t_full, t_curve = evaluate_teacher(teacher, n), evaluate_teacher(teacher, n_curve)
     main_job = next(j for j in jobs if j["label"] == "DMD2")
     main_final = evaluate_checkpoint(Path(main_job["out"]), main_job["minutes"], n)
+    two_job = next(j for j in jobs if j["label"] == "DMD2, 2 steps")
+    two_final = evaluate_checkpoint(Path(two_job["out"]), two_job["minutes"], n)
     record = teacher / "training.json"
     training = json.loads(record.read_text()) if record.exists() else {"wall_s": float("nan"), "threads": "?"}
     headline = bench.table(
@@ -380,7 +383,9 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
         [["teacher (EDM Heun, 18 steps)", 35, f"{t_full['fid']:.2f}", _fmt_kid(t_full),
           f"{training['wall_s'] / 60:.0f} min on {training['threads']} threads"],
          ["student: DMD2 (kept recipe)", 1, f"{main_final['fid']:.2f}", _fmt_kid(main_final),
-          f"{main_final['wall_s'] / 60:.0f} min on 1 thread, {main_final['generator_updates']:,} generator updates"]])
+          f"{main_final['wall_s'] / 60:.0f} min on 1 thread, {main_final['generator_updates']:,} generator updates"],
+         ["student: DMD2, 2 steps (same recipe)", 2, f"{two_final['fid']:.2f}", _fmt_kid(two_final),
+          f"{two_final['wall_s'] / 60:.0f} min on 1 thread, {two_final['generator_updates']:,} generator updates"]])
 
     curves = {j["label"]: _curve(j, n_curve) for j in jobs if not j["label"].startswith("ablation: ")}
     rows = [[label, 2 if "2 steps" in label else 1, f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
@@ -402,7 +407,9 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
 
     grids = {"teacher, 35 NFE": teacher_images(teacher, 80),
              "DMD2 student, 1 NFE": student_images(Path(main_job["out"]), _checkpoint_at(
-                 Path(main_job["out"]), main_job["minutes"])[0] / "ema_generator.safetensors", 80)}
+                 Path(main_job["out"]), main_job["minutes"])[0] / "ema_generator.safetensors", 80),
+             "DMD2 2-step student, 2 NFE": student_images(Path(two_job["out"]), _checkpoint_at(
+                 Path(two_job["out"]), two_job["minutes"])[0] / "ema_generator.safetensors", 80)}
     paths = {}
     for tag, x in grids.items():  # 8 samples of every class, a class a row
         order = torch.arange(80).view(8, 10).T.reshape(-1)
@@ -422,7 +429,7 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
             + bench.table(["student", "NFE", "minutes", "steps", "generator updates", f"FID ({n_curve})",
                            "KID × 10³"], rows)
             + "\n\n![FID against generator updates and wall time](eval/results/mnist_curves.png)"
-            + "\n\n![MNIST samples: teacher vs the one-step student (rows: classes 0–9)](eval/results/mnist.png)")
+            + "\n\n![MNIST samples: teacher vs the one- and two-step students (rows: classes 0–9)](eval/results/mnist.png)")
 
     abl_rows = []
     at = args.mnist_ablation_minutes
