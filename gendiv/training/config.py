@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from ..errors import ResourceError, UserError
+from .ema import MAX_RELATIVE_STD
 
 
 class ConfigError(UserError):
@@ -50,14 +51,18 @@ def _build(cls, data: dict, where: str):
         raise ConfigError(str(e)) from None
 
 
-def check_optimizer(section: str, lrs: list, betas, weight_decay: float, ema_decay: float):
-    """Learning rates > 0, two Adam betas in [0, 1), weight decay ≥ 0, EMA decay in [0, 1]."""
+def check_optimizer(section: str, lrs: list, betas, weight_decay: float, ema_decay: float, ema_std=None):
+    """Learning rates > 0, two Adam betas in [0, 1), weight decay ≥ 0, EMA decay in [0, 1], power-EMA σ_rel in
+    (0, 1/√12] when given (ema.py)."""
     for name, lr in lrs:
         check(lr > 0, f"{section}.{name} must be > 0, got {lr}")
     check(isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
           f"{section}.betas must be two numbers in [0, 1) (e.g. [0.9, 0.99]), got {betas!r}")
     check(weight_decay >= 0, f"{section}.weight_decay must be ≥ 0, got {weight_decay}")
     check(0 <= ema_decay <= 1, f"{section}.ema_decay must be in [0, 1], got {ema_decay}")
+    check(ema_std is None or (isinstance(ema_std, (int, float)) and 0 < ema_std <= MAX_RELATIVE_STD),
+          f"{section}.ema_std (σ_rel of EDM2's power-function EMA, replaces ema_decay) must be in "
+          f"(0, {MAX_RELATIVE_STD:.4f}], e.g. 0.05; got {ema_std!r}")
 
 
 def available_memory(device: torch.device | str = "cpu") -> int:

@@ -36,6 +36,7 @@ from .builders import DataConfig, ModelConfig, build_data, build_model
 from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import is_image_source
 from .data import ToySource, draw_labels
+from .ema import EmaProfile
 from .loop import RunConfig, TrainingLoop
 
 
@@ -45,11 +46,12 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.99])
     ema_decay: float = 0.995
+    ema_std: float | None = None               # σ_rel of EDM2's power-function EMA; replaces ema_decay
     sigma_sampler: str = "lognormal"  # lognormal | karras_index | log_uniform | laplace | cauchy (log-SNR)
     cond_drop_prob: float = 0.1       # label → null class, so the model also learns p(x) for guidance
 
     def __post_init__(self):
-        check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay)
+        check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay, self.ema_std)
         check(self.sigma_sampler in SIGMA_SAMPLERS,
               f"optim.sigma_sampler must be one of {sorted(SIGMA_SAMPLERS)}, got {self.sigma_sampler!r}")
         check(0 <= self.cond_drop_prob <= 1, f"optim.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
@@ -393,7 +395,7 @@ class DiffusionTrainer(TrainingLoop):
         model = self.speed_up(model)
         opt = self.optimizer(model.parameters(), cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
         self.model, self.opt = self.accelerator.prepare(model, opt)
-        self.ema_model = self.add_ema("denoiser", self.model, cfg.optim.ema_decay)
+        self.ema_model = self.add_ema("denoiser", self.model, EmaProfile(cfg.optim.ema_decay, cfg.optim.ema_std))
 
     def train_step(self) -> dict:
         dev = self.accelerator.device

@@ -38,6 +38,7 @@ from .config import ConfigError, check, check_optimizer, to_dict
 from .performance import apply_memory_format, is_image_source, teacher_is_image_model
 from .data import TeacherSpaceSource, ToySource, draw_labels
 from .fsdp import ShardedCheckpoint, check_can_shard, refuse_accelerate_fsdp
+from .ema import EmaProfile
 from .loop import RunConfig, TrainingLoop
 
 
@@ -121,6 +122,7 @@ class DistillOptimConfig:
     betas: list = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     ema_decay: float = 0.99
+    ema_std: float | None = None               # σ_rel of EDM2's power-function EMA; replaces ema_decay
 
     def __post_init__(self):
         for name, value in self.lr.items():
@@ -131,7 +133,7 @@ class DistillOptimConfig:
         check_optimizer("optim", [("lr_generator", self.lr_generator), ("lr_fake", self.lr_fake),
                                   ("lr_discriminator", self.lr_discriminator),
                                   *[(f"lr.{k}", v) for k, v in self.lr.items()]],
-                        self.betas, self.weight_decay, self.ema_decay)
+                        self.betas, self.weight_decay, self.ema_decay, self.ema_std)
 
     def lr_of(self, network: str) -> float:
         if network in self.lr:
@@ -209,9 +211,21 @@ class _Factory(NetworkFactory):
             net = with_scalar_condition(net, scalar)  # zero-initialised: equals the teacher for every value
         return net.requires_grad_(True).train()
 
-    def discriminator_head(self, on):
+    def discriminator_head(self, on, layers="bottleneck"):
         x_ex, _ = self.trainer.source.sample_batch(1, torch.Generator().manual_seed(0))
-        return DiscriminatorHead.for_denoiser(on, x_ex, hidden=self.trainer.cfg.student.discriminator_hidden)
+        try:
+            return DiscriminatorHead.for_denoiser(on, x_ex, hidden=self.trainer.cfg.student.discriminator_hidden,
+                                                  layers=layers)
+        except ValueError as e:  # a network without the levels asked for: refused before any training
+            if layers == "bottleneck":
+                raise
+            raise ConfigError(f"method.gan.layers={layers}: {e}") from None
+
+    def frozen_teacher(self):
+        if self.teacher is None or isinstance(self.teacher, AnalyticDenoiser):
+            raise ConfigError(f"method.gan.features=teacher reads a teacher network's features; teacher.source="
+                              f"{self.trainer.cfg.teacher.source} has none (give a teacher folder, or features=fake)")
+        return self.teacher
 
 
 class DistillTrainer(TrainingLoop):
@@ -334,12 +348,12 @@ class DistillTrainer(TrainingLoop):
         return guider_from_config(guider, teacher, "teacher.guider").to(self.accelerator.device).eval().requires_grad_(False)
 
     def _add_student_ema(self, trained, sigma_init: float):
-        decay = self.cfg.optim.ema_decay
+        profile = EmaProfile(self.cfg.optim.ema_decay, self.cfg.optim.ema_std)
         if self.lora is not None:  # the EMA is a third adapter on the same base, not a copy of the base
             self.ema_generator = LoraOneStepGenerator(self.lora.copy_adapter("student", "ema"), sigma_init).eval()
-            self.ema[STUDENT] = (self.ema_generator, trained, decay)
+            self.ema[STUDENT] = (self.ema_generator, trained, profile)
         else:
-            self.ema_generator = self.add_ema(STUDENT, trained, decay)
+            self.ema_generator = self.add_ema(STUDENT, trained, profile)
 
     def _networks_and_optimizers(self, modules: dict) -> dict:
         """The run's speed and memory switches on each network, and one optimiser per network with trainable

@@ -27,6 +27,7 @@ from ..fileio import folder_fingerprint
 from ..models.sharding import full_state_dict, is_sharded, load_full_state_dict
 from .checkpoint import (CheckpointError, checkpoint_step, latest_intact_checkpoint, point_latest, seal_checkpoint,
                          set_aside, tmp_dir_for)
+from .ema import EmaProfile
 from .config import ConfigError, check, check_allocation
 from .performance import (adamw, apply_compile, apply_memory_format, apply_threads, keep_freed_memory,
                           resolve_mixed_precision)
@@ -127,7 +128,8 @@ class TrainingLoop:
         set_seed(run.seed)  # identical model initialisation on every process
         self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
         self.step = 0
-        self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, float]] = {}
+        self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, EmaProfile]] = {}
+        self.ema_updates: dict[str, int] = {}  # EMA updates so far, by network (a power-function EMA's clock)
         self.extra_state: dict[str, torch.nn.Module] = {}  # modules with buffers to checkpoint (e.g. ratio bins)
         self.config_dict = config_dict or {}
 
@@ -199,14 +201,17 @@ class TrainingLoop:
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def add_ema(self, name: str, module: torch.nn.Module, decay: float):
+    def add_ema(self, name: str, module: torch.nn.Module, profile: EmaProfile):
         ema = copy.deepcopy(self.accelerator.unwrap_model(module)).eval().requires_grad_(False)
-        self.ema[name] = (ema, module, decay)
+        self.ema[name] = (ema, module, profile)
         return ema
 
     @torch.no_grad()
     def update_ema(self, name: str):
-        ema, src, decay = self.ema[name]
+        """One EMA update of ``name``; the update count (checkpointed) sets a power-function EMA's decay."""
+        ema, src, profile = self.ema[name]
+        self.ema_updates[name] = self.ema_updates.get(name, 0) + 1
+        decay = profile.beta(self.ema_updates[name])
         for pe, ps in zip(ema.parameters(), self.accelerator.unwrap_model(src).parameters()):
             pe.lerp_(ps.detach().to(pe.dtype), 1 - decay)
 
@@ -335,7 +340,8 @@ class TrainingLoop:
             for name, module in self.extra_state.items():
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes,
-                                                                "mixed_precision_ran": self.mixed_precision}))
+                                                                "mixed_precision_ran": self.mixed_precision,
+                                                                "ema_updates": self.ema_updates}))
             (tmp / "config.json").write_text(json.dumps(self.config_dict, indent=1, default=str))
         acc.wait_for_everyone()
         if self.is_main:
@@ -366,6 +372,7 @@ class TrainingLoop:
         for name, module in self.extra_state.items():
             module.load_state_dict(load_file(str(folder / f"state_{name}.safetensors")))
         self.step = state["step"]
+        self.ema_updates = dict(state.get("ema_updates", {}))  # absent before power EMAs: constant decays need none
         self._truncate_log(self.step)
         return True
 

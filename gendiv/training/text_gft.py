@@ -35,6 +35,7 @@ from ..space import SIGMA_SAMPLERS, sample_sigma, vp_sigmas_from_alphas_cumprod
 from ..toy import GaussianMixture, sliced_wasserstein2
 from .config import ConfigError, check, check_optimizer, load_config, to_dict
 from .data import _resize
+from .ema import EmaProfile
 from .loop import RunConfig, TrainingLoop
 
 TEXT_OBJECTIVES = ("gft", "edm")
@@ -59,12 +60,13 @@ class TextOptimConfig:
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     ema_decay: float = 0.999
+    ema_std: float | None = None               # σ_rel of EDM2's power-function EMA; replaces ema_decay
     sigma_sampler: str = "teacher"    # teacher: σ of a uniform draw of the VP teacher's training timesteps (how SD
                                       # trains); or one of gendiv's σ samplers (lognormal, log_uniform, ...)
     cond_drop_prob: float = 0.1       # prompt → empty prompt: the unconditional branch keeps learning
 
     def __post_init__(self):
-        check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay)
+        check_optimizer("optim", [("lr", self.lr)], self.betas, self.weight_decay, self.ema_decay, self.ema_std)
         check(self.sigma_sampler in ("teacher", *SIGMA_SAMPLERS), f"optim.sigma_sampler must be teacher or one of "
               f"{sorted(SIGMA_SAMPLERS)}, got {self.sigma_sampler!r}")
         check(0 <= self.cond_drop_prob <= 1, f"optim.cond_drop_prob must be in [0, 1], got {self.cond_drop_prob}")
@@ -202,7 +204,7 @@ class TextTeacherTrainer(TrainingLoop):
         o = cfg.optim
         opt = self.optimizer(model.parameters(), o.lr, o.betas, o.weight_decay)
         self.model, self.opt = self.accelerator.prepare(model, opt)
-        self.ema_model = self.add_ema("denoiser", self.model, o.ema_decay)
+        self.ema_model = self.add_ema("denoiser", self.model, EmaProfile(o.ema_decay, o.ema_std))
 
     def _build_source(self):
         data = self.cfg.data
