@@ -59,7 +59,12 @@ class NetworkFactory:
         """A denoiser like the teacher (a trainable copy of it, or new), with an extra scalar condition if named."""
         raise NotImplementedError
 
-    def discriminator_head(self, on: nn.Module) -> nn.Module:  # a head on ``on``'s bottleneck features
+    def discriminator_head(self, on: nn.Module, layers: str = "bottleneck") -> nn.Module:
+        """A head on ``on``'s bottleneck features, or one head per encoder level and the bottleneck (``"all"``)."""
+        raise NotImplementedError
+
+    def frozen_teacher(self) -> nn.Module:
+        """The unguided teacher denoiser, frozen (a discriminator may read its features); raise if there is none."""
         raise NotImplementedError
 
 

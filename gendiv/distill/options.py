@@ -174,10 +174,15 @@ KernelBackend = Literal["auto", "eager", "compile", "triton", "cpp"]
 
 
 class GANSection(Options):
-    """GAN term on the fake network's features (DMD2 §4.2, docs/methods.md §1)."""
+    """GAN term: a discriminator head on a denoiser's features (DMD2 §4.2, docs/methods.md §1)."""
 
     weight_gen: float = Field(3e-3, ge=0)    # generator: λ_G·softplus(−ℓ_fake) (DMD2 3e-3)
     weight_disc: float = Field(1e-2, ge=0)   # discriminator loss added to the fake-score loss (DMD2 1e-2)
+    # whose features the head reads: the fake score network's (DMD2; its loss trains the fake encoder too) or the
+    # frozen, unguided teacher's conditional pass (LADD-style; only the head learns)
+    features: Literal["fake", "teacher"] = "fake"
+    # the bottleneck only, or every UNet encoder level plus the bottleneck, one head each, logits summed
+    layers: Literal["bottleneck", "all"] = "bottleneck"
 
 
 class EncoderGANSection(GANSection):
@@ -185,6 +190,13 @@ class EncoderGANSection(GANSection):
 
     weight_gen: float = Field(1e-2, ge=0)
     discriminator: Literal["encoder", "head"] = "encoder"
+
+    @model_validator(mode="after")
+    def _encoder_reads_the_fake_bottleneck(self):
+        if self.discriminator == "encoder" and (self.features, self.layers) != ("fake", "bottleneck"):
+            raise ValueError("discriminator 'encoder' is the fake network's own bottleneck (no head): features="
+                             f"{self.features!r}, layers={self.layers!r} need discriminator=head")
+        return self
 
 
 class RegressionSection(Options):

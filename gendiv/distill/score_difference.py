@@ -12,8 +12,8 @@ from pydantic import Field
 
 from ..kernels import weighted_difference
 from .contract import STUDENT, DistillMethod, StepDraws, Update
-from .losses import (StepContext, denoising_loss, fake_score_and_discriminator_loss, generator_gan_loss,
-                     score_difference_step, surrogate_loss)
+from .losses import (FeatureSource, StepContext, denoising_loss, fake_score_and_discriminator_loss,
+                     generator_gan_loss, score_difference_step, surrogate_loss)
 from .options import KernelOptions, MethodOptions
 
 FAKE = "fake"
@@ -41,7 +41,8 @@ class ScoreDifferenceMethod(DistillMethod):
         reuse = self.options.reuse_generator_samples
         self.reuse_samples = setup.is_image if reuse == "auto" else bool(reuse)
 
-    uses_discriminator = False             # a discriminator head on the fake network, trained in the fake update
+    uses_discriminator = False             # a discriminator head (``gan`` section), trained in the fake update
+    gan_features = FeatureSource()         # where the head reads: set by ``discriminator_network`` from gan options
 
     def needs_real_data(self) -> bool:
         return self.uses_discriminator or not self.needs_teacher
@@ -49,8 +50,19 @@ class ScoreDifferenceMethod(DistillMethod):
     def networks(self, factory):
         nets = {FAKE: factory.score_network()}
         if self.uses_discriminator:
-            nets["discriminator"] = factory.discriminator_head(nets[FAKE])
+            nets["discriminator"] = self.discriminator_network(factory, nets[FAKE])
         return nets
+
+    def discriminator_network(self, factory, fake):
+        """A head on the features ``gan.features`` / ``gan.layers`` name: the fake network's, or the frozen teacher's
+        (remembered in ``gan_features`` for the losses)."""
+        gan = getattr(self.options, "gan", None)
+        features, layers = (gan.features, gan.layers) if gan is not None else ("fake", "bottleneck")
+        self.gan_features = FeatureSource(factory.frozen_teacher() if features == "teacher" else None, layers)
+        return self.discriminator_head(factory, self.gan_features.network or fake, layers)
+
+    def discriminator_head(self, factory, on, layers: str):
+        return factory.discriminator_head(on, layers=layers)
 
     def updates(self):
         """``fake`` trains every network the method declared (fake score, discriminator, ...)."""
@@ -102,14 +114,15 @@ class ScoreDifferenceMethod(DistillMethod):
         noise_gan = draws.randn_like(x_fake)
         return fake_score_and_discriminator_loss(nets[FAKE], head, x_fake, cond, sigma, noise, x_real, real_cond,
                                                  sigma_real, sigma_gan, noise_gan, draws.randn_like(x_fake),
-                                                 self.options.gan.weight_disc)
+                                                 self.options.gan.weight_disc, self.gan_features)
 
     def step_context(self, nets, x, cond, draws: StepDraws, input_grad: bool = False) -> StepContext:
         head = nets.get("discriminator")
         gan = getattr(self.options, "gan", None)
         gan_grad = head is not None and gan is not None and gan.weight_gen > 0
         return score_difference_step(x, draws.teacher, nets[FAKE], draws.sigma("generator", x.shape[0]), cond,
-                                     discriminator=head, gan_grad=gan_grad, generator=draws.rng, input_grad=input_grad)
+                                     discriminator=head, gan_grad=gan_grad, generator=draws.rng, input_grad=input_grad,
+                                     features=self.gan_features)
 
     def generator_loss(self, nets, x, cond, draws: StepDraws):
         ctx = self.step_context(nets, x, cond, draws)

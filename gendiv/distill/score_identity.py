@@ -173,11 +173,10 @@ class SiDA(SiD):
     Options = SiDAOptions
     uses_discriminator = True
 
-    def networks(self, factory):
-        nets = {"fake": factory.score_network()}
-        nets["discriminator"] = EncoderDiscriminator() if self.options.gan.discriminator == "encoder" \
-            else factory.discriminator_head(nets["fake"])
-        return nets
+    def discriminator_head(self, factory, on, layers: str):
+        if self.options.gan.discriminator == "encoder":  # on the fake bottleneck (EncoderGANSection checks it)
+            return EncoderDiscriminator()
+        return super().discriminator_head(factory, on, layers)
 
 
 class UniInstructOptions(ScoreIdentityOptions, DivergenceOptions):  # α is per sample (α*), not an option

@@ -169,9 +169,9 @@ class SMT(_AlphaSampling, ScoreDifferenceMethod):
 
 
 class SMD(_AlphaSampling, ScoreDifferenceMethod):
-    """Score-of-Mixture Distillation: teacher + fake score + a discriminator head ℓ on the fake network's
-    bottleneck; the mixture denoiser is D·Dᵀ + (1−D)·Dᶠ, D = sigmoid(ℓ + logit α); student step
-    g = D·(Dᶠ − Dᵀ)/(α·mean|x − Dᵀ|) plus the GAN term softplus(−(ℓ + logit α))."""
+    """Score-of-Mixture Distillation: teacher + fake score + a discriminator head ℓ (on the fake network's
+    bottleneck by default, ``gan.features`` / ``gan.layers``); the mixture denoiser is D·Dᵀ + (1−D)·Dᶠ,
+    D = sigmoid(ℓ + logit α); student step g = D·(Dᶠ − Dᵀ)/(α·mean|x − Dᵀ|) plus the GAN term softplus(−(ℓ + logit α))."""
 
     name = "smd"
     Options = SMDOptions
@@ -189,7 +189,12 @@ class SMD(_AlphaSampling, ScoreDifferenceMethod):
         s = append_dims(sigma, x_fake.ndim)
         x_in = torch.cat([x_fake + s * noise, x_real + s * noise])
         all_cond = None if cond is None else Condition.cat([cond, real_cond])
-        d_fake, feats = fake(x_in, torch.cat([sigma, sigma]), all_cond, return_features=True)
+        features = self.gan_features
+        if features.network is None:  # the head on the fake network's features: one pass
+            d_fake, feats = fake(x_in, torch.cat([sigma, sigma]), all_cond, return_features=features.layers)
+        else:
+            d_fake = fake(x_in, torch.cat([sigma, sigma]), all_cond)
+            feats = features.of_frozen(x_in, torch.cat([sigma, sigma]), all_cond, grad=False)
         logits = head(feats)
         with torch.no_grad():
             d_teacher = draws.teacher(x_in, torch.cat([sigma, sigma]), all_cond)
@@ -206,7 +211,8 @@ class SMD(_AlphaSampling, ScoreDifferenceMethod):
         sigma = draws.sigma("generator", bs)
         alpha = self.generator_alpha(bs, draws.rng, x.device)
         ctx = score_difference_step(x, draws.teacher, nets[FAKE], sigma, cond, discriminator=nets["discriminator"],
-                                    gan_grad=self.options.gan.weight_gen > 0, generator=draws.rng)
+                                    gan_grad=self.options.gan.weight_gen > 0, generator=draws.rng,
+                                    features=self.gan_features)
         return self.mixture_loss(ctx, alpha)
 
     def mixture_loss(self, ctx: StepContext, alpha: torch.Tensor):

@@ -107,7 +107,8 @@ class DenoiserMixin:
         return torch.where(cond.drop.to(device)[:, None, None], null, text)
 
     def forward(self, x: torch.Tensor, sigma, cond=None, return_features: bool = False):
-        """x̂₀ = D(x, σ, cond). ``sigma``: float or [B]. With ``return_features`` also the bottleneck activations."""
+        """x̂₀ = D(x, σ, cond). ``sigma``: float or [B]. With ``return_features`` also the bottleneck activations
+        (True or "bottleneck"), or with "all" a list of every encoder level's and the bottleneck's (UNets)."""
         if x.ndim < 2:
             raise ValueError(f"x must be batched (at least 2-D), got shape {tuple(x.shape)}")
         self._check_input_shape(x)
@@ -235,9 +236,9 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         # ᾱ stays float64 whatever the model's dtype: a buffer would be cast with .to(bf16), where ᾱ rounds to 1
         # at low σ and the timestep becomes NaN
         self.alphas_cumprod = _vp_alphas_cumprod(vp_schedule).double() if parameterization == "vp" else None  # no buffer
-        self._features = None
-        tap = self.unet.mid_block if getattr(self.unet, "mid_block", None) is not None else self.unet.down_blocks[-1]
-        tap.register_forward_hook(self._store_features)
+        self._tapped = None  # {tap name: activation} during a forward that asked for features
+        for block in self.feature_taps().values():
+            block.register_forward_hook(self._store_features)  # a bound method: deepcopy rebinds it to the copy
 
     @classmethod
     def from_unet(cls, unet, scheduler=None, **kwargs) -> "UNetDenoiser":
@@ -257,8 +258,21 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         den.unet.load_state_dict(unet.state_dict())
         return den
 
+    def feature_taps(self) -> dict[str, nn.Module]:
+        """Blocks whose outputs a discriminator may read: each encoder level ``down_<i>`` (a down block's output, after
+        its downsampler) and the bottleneck ``mid`` (absent in UNets without a mid block)."""
+        taps = {f"down_{i}": block for i, block in enumerate(self.unet.down_blocks)}
+        if getattr(self.unet, "mid_block", None) is not None:
+            taps["mid"] = self.unet.mid_block
+        return taps
+
+    def bottleneck_tap(self) -> str:
+        return "mid" if "mid" in self.feature_taps() else f"down_{len(self.unet.down_blocks) - 1}"
+
     def _store_features(self, module, inputs, output):
-        self._features = output[0] if isinstance(output, tuple) else output
+        if self._tapped is not None:
+            name = next(n for n, block in self.feature_taps().items() if block is module)
+            self._tapped[name] = output[0] if isinstance(output, tuple) else output
 
     def _check_input_shape(self, x):
         """Any spatial size the UNet's down- and up-sampling maps back onto itself: it is convolutional, so it runs at
@@ -287,10 +301,16 @@ class UNetDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
             kwargs["encoder_hidden_states"] = None
         if self.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last):
             net_input = net_input.contiguous(memory_format=torch.channels_last)  # match a channels-last UNet
-        self._features = None
-        out = self.unet(net_input, net_time.to(net_input.dtype), return_dict=False, **kwargs)[0]
-        feats, self._features = self._features, None
-        return out, (feats if want_features else None)
+        layers = feature_layers(want_features)
+        self._tapped = {} if layers else None
+        try:
+            out = self.unet(net_input, net_time.to(net_input.dtype), return_dict=False, **kwargs)[0]
+            tapped = self._tapped
+        finally:
+            self._tapped = None
+        if layers == "all":  # encoder levels, shallow to deep, then the bottleneck
+            return out, [tapped[name] for name in self.feature_taps()]
+        return out, (tapped[self.bottleneck_tap()] if layers else None)
 
 
 class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
@@ -336,7 +356,21 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         h = self.inp(torch.cat(parts, dim=1))
         for block in self.blocks:
             h = h + block(h)
+        if feature_layers(want_features) == "all":
+            raise ValueError("MLPDenoiser has one feature layer (its last hidden layer), no encoder levels; features "
+                             "of every level need a UNetDenoiser")
         return self.out(h), (h if want_features else None)
+
+
+def feature_layers(return_features) -> str | None:
+    """``return_features`` of a denoiser call → None (no features), "bottleneck" (True) or "all" (every level)."""
+    if return_features is False or return_features is None:
+        return None
+    if return_features is True or return_features == "bottleneck":
+        return "bottleneck"
+    if return_features == "all":
+        return "all"
+    raise ValueError(f"return_features must be False, True, 'bottleneck' or 'all', got {return_features!r}")
 
 
 DENOISER_CLASSES = {"UNetDenoiser": UNetDenoiser, "MLPDenoiser": MLPDenoiser}

@@ -1,4 +1,5 @@
-"""Discriminator heads on a denoiser's bottleneck features (DMD2 puts it on the fake score network).
+"""Discriminator heads on a denoiser's features: its bottleneck (DMD2 puts one head on the fake score network), or
+every encoder level with one head each (``MultiScaleDiscriminatorHead``).
 
 Trained with softplus(ℓ_fake) + softplus(−ℓ_real) on noised samples, the optimum is ℓ = log p_σ/q_σ, which is
 how f-distill gets its density ratio r = exp(ℓ).
@@ -46,15 +47,47 @@ class DiscriminatorHead(ModelMixin, ConfigMixin):
         return self.net(self.conv(features.float()).mean((2, 3))).squeeze(1)
 
     @classmethod
-    def for_denoiser(cls, denoiser, example_x: torch.Tensor, hidden: int = 128) -> "DiscriminatorHead":
-        """A head sized for ``denoiser``'s bottleneck, found by one forward pass on ``example_x``."""
+    def sized_for(cls, feats: torch.Tensor, hidden: int) -> "DiscriminatorHead":
+        return cls(in_channels=feats.shape[1], spatial=None if feats.ndim == 2 else feats.shape[-1], hidden=hidden)
+
+    @classmethod
+    def for_denoiser(cls, denoiser, example_x: torch.Tensor, hidden: int = 128, layers: str = "bottleneck"):
+        """A head sized for ``denoiser``'s bottleneck (``layers="bottleneck"``), or one head per encoder level and
+        the bottleneck (``"all"``: a ``MultiScaleDiscriminatorHead``), found by one forward pass on ``example_x``."""
         with torch.no_grad():
-            _, feats = denoiser(example_x[:1], 1.0, _example_cond(denoiser), return_features=True)
+            _, feats = denoiser(example_x[:1], 1.0, _example_cond(denoiser), return_features=layers)
         if feats is None:
             raise ValueError(f"{type(denoiser).__name__} exposes no features for a discriminator head")
-        if feats.ndim == 2:
-            return cls(in_channels=feats.shape[1], spatial=None, hidden=hidden)
-        return cls(in_channels=feats.shape[1], spatial=feats.shape[-1], hidden=hidden)
+        if layers == "all":
+            return MultiScaleDiscriminatorHead(in_channels=[f.shape[1] for f in feats],
+                                               spatial=[f.shape[-1] for f in feats], hidden=hidden)
+        return cls.sized_for(feats, hidden)
+
+
+class MultiScaleDiscriminatorHead(ModelMixin, ConfigMixin):
+    """One ``DiscriminatorHead`` per feature map (a UNet's encoder levels and bottleneck); ℓ = Σ_k ℓ_k.
+
+    The sum, not the mean: ℓ is trained as one logistic model, so at the optimum it is log p_σ/q_σ whichever way the
+    heads are combined; summing reads each level as adding its own log-likelihood-ratio evidence, and keeps every
+    head's gradient the one a single head would get (a mean would divide it by the number of levels).
+
+    Args:
+        in_channels, spatial: channels and side length of each feature map, shallow to deep.
+        hidden: width of every head.
+    """
+
+    @register_to_config
+    def __init__(self, in_channels: list = (128,), spatial: list = (4,), hidden: int = 128):
+        super().__init__()
+        if len(in_channels) != len(spatial) or not in_channels:
+            raise ValueError(f"need one spatial size per feature map, got in_channels={list(in_channels)}, "
+                             f"spatial={list(spatial)}")
+        self.heads = nn.ModuleList(DiscriminatorHead(c, s, hidden) for c, s in zip(in_channels, spatial))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if len(features) != len(self.heads):
+            raise ValueError(f"multi-scale discriminator expects {len(self.heads)} feature maps, got {len(features)}")
+        return torch.stack([head(f) for head, f in zip(self.heads, features)]).sum(0)
 
 
 def _example_cond(denoiser):

@@ -140,6 +140,9 @@ class PipelineDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     # -- the family's call -------------------------------------------------------------------------
     def _network(self, net_input, net_time, cond, want_features):
+        if want_features == "all":
+            raise ValueError(f"{type(self).__name__} exposes one feature layer; features of every level need a "
+                             "UNetDenoiser")
         batch, dtype = net_input.shape[0], self.dtype
         t = net_time.to(dtype).expand(batch)
         family = self.config.family
