@@ -36,31 +36,45 @@ SEED_FOR_SAMPLES = 0
 _SID_SIGMAS = ["sigma_generator.kind=karras_index", "sigma_generator.min_index=0", "sigma_generator.max_index=799",
                "sigma_fake.kind=lognormal"]
 _ONE_TO_ONE = ["method.fake_updates_per_generator_update=1", "method.fake_warmup_steps=100"]
-# label → overrides of the base config: each method with its papers' update ratio, divergence and σ sampling
+# DMD2's published update ratio and GAN weights (ImageNet-64), which the first study kept
+_DMD2_AS_PUBLISHED = ["method.fake_updates_per_generator_update=5", "method.gan.weight_gen=3e-3",
+                      "method.gan.weight_disc=1e-2"]
+KEPT = "DMD2, kept recipe"
+# label → (overrides of the kept recipe, which argument gives its minutes): the long runs, with curves
+LONG = {
+    KEPT: ([], "mnist_minutes"),
+    "DMD2, TTUR 5 (as published)": (_DMD2_AS_PUBLISHED, "mnist_paper_minutes"),
+}
+# label → overrides: each method with its papers' update ratio, divergence and σ sampling, for the sweep's minutes
 METHODS = {
-    "DMD2": [],
-    "f-distill (JS + GAN)": ["method.name=f_distill", "method.divergence=jensen_shannon",
-                             "method.fake_updates_per_generator_update=5", "method.fake_warmup_steps=100",
-                             "method.gan.weight_gen=3e-3", "method.ratio.bin_spacing=log"],
+    "f-distill (JS + GAN)": ["method.name=f_distill", "method.divergence=jensen_shannon", *_DMD2_AS_PUBLISHED,
+                             "method.fake_warmup_steps=100", "method.ratio.bin_spacing=log"],
     "SiD": ["method.name=sid", *_ONE_TO_ONE, *_SID_SIGMAS],
     "SiDA": ["method.name=sida", *_ONE_TO_ONE, *_SID_SIGMAS],
     "Uni-Instruct (forward KL)": ["method.name=uni_instruct", "method.divergence=forward_kl", *_ONE_TO_ONE,
                                   *_SID_SIGMAS],
-    "SMD": ["method.name=smd", "method.fake_updates_per_generator_update=5", "method.fake_warmup_steps=100",
-            "method.gan.weight_gen=3e-3"],
-    "DMD2, 2 steps": ["method.name=dmd2_few_step", "method.few_step.steps=2", "method.fake_warmup_steps=100",
-                      "method.gan.weight_gen=3e-3"],
+    "SMD": ["method.name=smd", *_DMD2_AS_PUBLISHED, "method.fake_warmup_steps=100"],
+    "DMD2, 2 steps": ["method.name=dmd2_few_step", "method.few_step.steps=2", *_DMD2_AS_PUBLISHED,
+                      "method.fake_warmup_steps=100"],
+    "DMD2, 4 steps": ["method.name=dmd2_few_step", "method.few_step.steps=4", *_DMD2_AS_PUBLISHED,
+                      "method.fake_warmup_steps=100"],
 }
+FEW_STEP = {"DMD2, 2 steps": 2, "DMD2, 4 steps": 4}
 # label → overrides of the kept recipe; each row is compared with the recipe at the same wall time
 ABLATIONS = {
+    "power EMA, σ_rel 0.05 (EDM2's), instead of EMA 0.99": ["optim.ema_std=0.05"],
     "σ_init = 80 (DMD's)": ["student.sigma_init=80"],
     "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
-    "TTUR 1 (one fake update per generator update)": ["method.fake_updates_per_generator_update=1"],
+    "TTUR 5 (DMD2's ratio and GAN weights)": _DMD2_AS_PUBLISHED,
     "+ regression on 1,024 teacher ODE pairs (weight 0.25)": ["method.regression.weight=0.25",
                                                                "method.regression.pairs=1024"],
+    "learning rates × 3 (3e-4)": ["optim.lr_generator=3e-4", "optim.lr_fake=3e-4", "optim.lr_discriminator=3e-4"],
+    "learning rates ÷ 3 (3.3e-5)": ["optim.lr_generator=3.3e-5", "optim.lr_fake=3.3e-5",
+                                    "optim.lr_discriminator=3.3e-5"],
+    "batch 32": ["run.batch_size=32"],
+    "batch 8": ["run.batch_size=8"],
     "bf16 autocast (native on this CPU)": ["run.mixed_precision=bf16"],
 }
-
 
 def run_dir(label: str) -> Path:
     return RUNS / "".join(c if c.isascii() and c.isalnum() else "_" for c in label.lower()).strip("_")
@@ -92,10 +106,37 @@ def train_job(job: dict) -> str:
 
     overrides = [f"teacher.source=pipeline:{job['teacher']}", *STUDY, f"run.max_minutes={job['minutes']}",
                  *job["overrides"]]
+    if (Path(job["out"]) / "wall_s.json").exists():
+        check_reusable(Path(job["out"]), overrides)
     bench._train_run(BASE, Path(job["out"]), overrides, reuse=True)
     for minutes in job["eval_minutes"]:
         evaluate_checkpoint(Path(job["out"]), minutes, job["samples"])
     return job["out"]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    return {k: v for key, value in d.items()
+            for k, v in (_flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(prefix + key, value)])}
+
+
+def check_reusable(run: Path, overrides: list[str]):
+    """A finished run is reused only if it was trained with the config this job asks for (the base file may have
+    changed since): compares everything but paths; keys the run predates must hold their defaults now."""
+    from gendiv.training import DistillConfig, load_config
+    from gendiv.training.config import to_dict
+
+    def resolved(extra):
+        return _flat(json.loads(json.dumps(to_dict(load_config(DistillConfig, ROOT / "configs" / BASE, extra)),
+                                           default=str)))
+
+    wanted, default = resolved(overrides), resolved([])
+    saved = _flat(_config(run))
+    ignored = {"run.output_dir", "teacher.source"}  # paths; the teacher's content is compared by its fingerprint
+    differ = [f"{k}: ran {saved.get(k, default[k])!r}, asked {v!r}" for k, v in wanted.items()
+              if k not in ignored and saved.get(k, default[k]) != v]
+    if differ:
+        raise RuntimeError(f"{run} was trained with another config ({'; '.join(differ)}); move it away or run "
+                           "without --reuse")
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -293,23 +334,27 @@ def _job(job: dict):
 
 def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
     """(training jobs, evaluation jobs). The kept recipe runs longest; the others are compared with it at equal time."""
-    main, sweep, ablate = args.mnist_minutes, args.mnist_sweep_minutes, args.mnist_ablation_minutes
+    sweep, ablate = args.mnist_sweep_minutes, args.mnist_ablation_minutes
     sweep_points = [round(sweep / 2, 1), sweep]
-    main_points = sorted({*np.linspace(main / 4, main, 4).round(1).tolist(), *sweep_points, ablate})
+
+    def long_points(minutes):
+        return sorted({*np.linspace(minutes / 4, minutes, 4).round(1).tolist(), *sweep_points, ablate})
 
     def train(label, overrides, minutes, points):
         return {"kind": "train", "label": label, "out": str(run_dir(label)), "teacher": str(teacher),
                 "minutes": minutes, "overrides": overrides, "eval_minutes": points, "samples": args.curve_samples}
 
-    jobs = [{"kind": "reference"}, train("DMD2", METHODS["DMD2"], main, main_points)]
-    jobs += [train(label, o, sweep, sweep_points) for label, o in METHODS.items() if label != "DMD2"]
+    jobs = [{"kind": "reference"}]
+    jobs += [train(label, o, getattr(args, arg), long_points(getattr(args, arg))) for label, (o, arg) in LONG.items()]
+    jobs += [train(label, o, sweep, sweep_points) for label, o in METHODS.items()]
     jobs += [train(f"ablation: {label}", o, ablate, [ablate]) for label, o in ABLATIONS.items()]
-    main_run = str(run_dir("DMD2"))
+    kept = str(run_dir(KEPT))
     evals = [{"kind": "teacher", "teacher": str(teacher), "samples": args.curve_samples},
              {"kind": "teacher", "teacher": str(teacher), "samples": args.fid_samples},
-             {"kind": "checkpoint", "run": main_run, "minutes": main, "samples": args.fid_samples},
-             {"kind": "checkpoint", "run": str(run_dir("DMD2, 2 steps")), "minutes": sweep, "samples": args.fid_samples},
-             {"kind": "checkpoint", "run": main_run, "minutes": ablate, "samples": args.curve_samples, "ema": False}]
+             {"kind": "checkpoint", "run": kept, "minutes": args.mnist_minutes, "samples": args.fid_samples},
+             *[{"kind": "checkpoint", "run": str(run_dir(label)), "minutes": sweep, "samples": args.fid_samples}
+               for label in FEW_STEP],
+             {"kind": "checkpoint", "run": kept, "minutes": ablate, "samples": args.curve_samples, "ema": False}]
     return jobs, evals
 
 
@@ -318,7 +363,7 @@ def run_study(args, bench) -> dict:
     (the teacher artefact and the real digits' features are kept)."""
     teacher = teacher_folder(bench)
     if not args.reuse:
-        for folder in [RUNS / "teacher_evaluations.json", *(run_dir(label) for label in METHODS),
+        for folder in [RUNS / "teacher_evaluations.json", *(run_dir(label) for label in [*LONG, *METHODS]),
                        *(run_dir(f"ablation: {label}") for label in ABLATIONS)]:
             if folder.is_dir():
                 shutil.rmtree(folder)
@@ -370,25 +415,22 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
 
     teacher = study["teacher"]
     jobs = [j for j in study["jobs"] if j["kind"] == "train"]
+    by_label = {j["label"]: j for j in jobs}
     n, n_curve = args.fid_samples, args.curve_samples
     t_full, t_curve = evaluate_teacher(teacher, n), evaluate_teacher(teacher, n_curve)
-    main_job = next(j for j in jobs if j["label"] == "DMD2")
-    main_final = evaluate_checkpoint(Path(main_job["out"]), main_job["minutes"], n)
-    two_job = next(j for j in jobs if j["label"] == "DMD2, 2 steps")
-    two_final = evaluate_checkpoint(Path(two_job["out"]), two_job["minutes"], n)
     record = teacher / "training.json"
     training = json.loads(record.read_text()) if record.exists() else {"wall_s": float("nan"), "threads": "?"}
-    headline = bench.table(
-        ["model", "NFE", f"FID ↓ ({n:,} samples)", "KID × 10³", "training"],
-        [["teacher (EDM Heun, 18 steps)", 35, f"{t_full['fid']:.2f}", _fmt_kid(t_full),
-          f"{training['wall_s'] / 60:.0f} min on {training['threads']} threads"],
-         ["student: DMD2 (kept recipe)", 1, f"{main_final['fid']:.2f}", _fmt_kid(main_final),
-          f"{main_final['wall_s'] / 60:.0f} min on 1 thread, {main_final['generator_updates']:,} generator updates"],
-         ["student: DMD2, 2 steps (same recipe)", 2, f"{two_final['fid']:.2f}", _fmt_kid(two_final),
-          f"{two_final['wall_s'] / 60:.0f} min on 1 thread, {two_final['generator_updates']:,} generator updates"]])
+    rows = [["teacher (EDM Heun, 18 steps)", 35, f"{t_full['fid']:.2f}", _fmt_kid(t_full),
+             f"{training['wall_s'] / 60:.0f} min on {training['threads']} threads"]]
+    for label, nfe in [(KEPT, 1), *FEW_STEP.items()]:
+        job = by_label[label]
+        final = evaluate_checkpoint(Path(job["out"]), job["minutes"], n)
+        rows.append([f"student: {label}", nfe, f"{final['fid']:.2f}", _fmt_kid(final),
+                     f"{final['wall_s'] / 60:.0f} min on 1 thread, {final['generator_updates']:,} generator updates"])
+    headline = bench.table(["model", "NFE", f"FID ↓ ({n:,} samples)", "KID × 10³", "training"], rows)
 
     curves = {j["label"]: _curve(j, n_curve) for j in jobs if not j["label"].startswith("ablation: ")}
-    rows = [[label, 2 if "2 steps" in label else 1, f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
+    rows = [[label, FEW_STEP.get(label, 1), f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
              f"{p['fid']:.1f}", _fmt_kid(p)] for label, points in curves.items() for p in points]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for label, points in curves.items():
@@ -405,11 +447,14 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
     fig.savefig(args.results_dir / "mnist_curves.png", dpi=110)
     plt.close(fig)
 
+    def final_weights(label):
+        job = by_label[label]
+        return Path(job["out"]), _checkpoint_at(Path(job["out"]), job["minutes"])[0] / "ema_generator.safetensors"
+
     grids = {"teacher, 35 NFE": teacher_images(teacher, 80),
-             "DMD2 student, 1 NFE": student_images(Path(main_job["out"]), _checkpoint_at(
-                 Path(main_job["out"]), main_job["minutes"])[0] / "ema_generator.safetensors", 80),
-             "DMD2 2-step student, 2 NFE": student_images(Path(two_job["out"]), _checkpoint_at(
-                 Path(two_job["out"]), two_job["minutes"])[0] / "ema_generator.safetensors", 80)}
+             "one-step student (kept recipe), 1 NFE": student_images(*final_weights(KEPT), 80),
+             **{f"{k}-step student, {k} NFE": student_images(*final_weights(label), 80)
+                for label, k in FEW_STEP.items()}}
     paths = {}
     for tag, x in grids.items():  # 8 samples of every class, a class a row
         order = torch.arange(80).view(8, 10).T.reshape(-1)
@@ -422,19 +467,21 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
             f"Inception features, samples drawn for the classes equally; {bench.machine()}. Students run for a fixed "
             f"wall time on one thread each, two side by side, fp32. Teacher artefact: "
             f"`eval/artifacts/teacher_mnist/` ({size:.1f} MiB of safetensors).\n\n" + headline
-            + f"\n\nThe kept recipe's curve extrapolates: {extrapolate(curves['DMD2'], t_curve['fid'])} "
+            + f"\n\nThe kept recipe's curve extrapolates: {extrapolate(curves[KEPT], t_curve['fid'])} "
             f"(fitted to FIDs of {n_curve} samples, against the teacher's FID of {n_curve} samples).\n\n"
             f"Learning curves: FID of {n_curve:,} samples{bench.fid_caveat(n_curve)}; the teacher scores "
-            f"{t_curve['fid']:.1f} ({_fmt_kid(t_curve)} KID × 10³) at this sample count.\n\n"
+            f"{t_curve['fid']:.1f} ({_fmt_kid(t_curve)} KID × 10³) at this sample count. Finished runs are reused "
+            f"across sessions (`--reuse`) and the machine's speed varies between sessions (compare steps per minute): "
+            f"compare rows of different runs by generator updates as well as by minutes.\n\n"
             + bench.table(["student", "NFE", "minutes", "steps", "generator updates", f"FID ({n_curve})",
                            "KID × 10³"], rows)
             + "\n\n![FID against generator updates and wall time](eval/results/mnist_curves.png)"
-            + "\n\n![MNIST samples: teacher vs the one- and two-step students (rows: classes 0–9)](eval/results/mnist.png)")
+            + "\n\n![MNIST samples: teacher vs the one-, two- and four-step students (rows: classes 0–9)](eval/results/mnist.png)")
 
     abl_rows = []
     at = args.mnist_ablation_minutes
-    ref = evaluate_checkpoint(Path(main_job["out"]), at, n_curve)
-    raw = evaluate_checkpoint(Path(main_job["out"]), at, n_curve, ema=False)
+    ref = evaluate_checkpoint(Path(by_label[KEPT]["out"]), at, n_curve)
+    raw = evaluate_checkpoint(Path(by_label[KEPT]["out"]), at, n_curve, ema=False)
     abl_rows.append(["kept recipe (EMA 0.99 of the generator)", f"{ref['wall_s'] / 60:.1f}", ref["step"],
                      ref["generator_updates"], f"{ref['fid']:.1f}", _fmt_kid(ref)])
     abl_rows.append(["no EMA (the trained generator itself)", f"{raw['wall_s'] / 60:.1f}", raw["step"],

@@ -59,7 +59,7 @@ def test_every_study_row_is_a_valid_config(study):
     from gendiv.training import load_config
     from gendiv.training.distill import DistillConfig
 
-    for overrides in [*study.METHODS.values(), *study.ABLATIONS.values()]:
+    for overrides in [*(o for o, _ in study.LONG.values()), *study.METHODS.values(), *study.ABLATIONS.values()]:
         cfg = load_config(DistillConfig, ROOT / "configs" / study.BASE,
                           ["teacher.source=pipeline:eval/artifacts/teacher_mnist", *study.STUDY, "run.max_minutes=1", *overrides])
         assert cfg.run.max_minutes == 1
@@ -81,3 +81,24 @@ def test_the_sid_config_is_the_studys_sid_row(study):
     row, written = to_dict(row), to_dict(written)
     row["run"]["output_dir"] = written["run"]["output_dir"]
     assert row == written
+
+
+def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
+    """Reuse compares the run's saved config with the job's (the base file may have changed since it ran); keys a
+    run predates count as their defaults."""
+    from gendiv.training import load_config
+    from gendiv.training.config import to_dict
+    from gendiv.training.distill import DistillConfig
+
+    overrides = [*study.STUDY, "run.max_minutes=3", "method.fake_updates_per_generator_update=5"]
+    saved = to_dict(load_config(DistillConfig, ROOT / "configs" / study.BASE, overrides))
+    saved["run"]["output_dir"] = "/elsewhere"                 # paths are not compared
+    del saved["optim"]["ema_std"]                             # written before the key existed: its default holds
+    folder = tmp_path / "checkpoints" / "step-00000050"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(saved, default=str))
+    study.check_reusable(tmp_path, overrides)
+    with pytest.raises(RuntimeError, match=r"method.fake_updates_per_generator_update: ran 5, asked 2"):
+        study.check_reusable(tmp_path, [*overrides, "method.fake_updates_per_generator_update=2"])
+    with pytest.raises(RuntimeError, match=r"optim.ema_std: ran None, asked 0.05"):
+        study.check_reusable(tmp_path, [*overrides, "optim.ema_std=0.05"])
