@@ -69,10 +69,7 @@ ABLATIONS = {
     "+ regression on 1,024 teacher ODE pairs (weight 0.25)": ["method.regression.weight=0.25",
                                                                "method.regression.pairs=1024"],
     "learning rates × 3 (3e-4)": ["optim.lr_generator=3e-4", "optim.lr_fake=3e-4", "optim.lr_discriminator=3e-4"],
-    "learning rates ÷ 3 (3.3e-5)": ["optim.lr_generator=3.3e-5", "optim.lr_fake=3.3e-5",
-                                    "optim.lr_discriminator=3.3e-5"],
     "batch 32": ["run.batch_size=32"],
-    "batch 8": ["run.batch_size=8"],
     "bf16 autocast (native on this CPU)": ["run.mixed_precision=bf16"],
 }
 
