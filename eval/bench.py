@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import importlib.util
 import json
 import platform
@@ -181,66 +182,22 @@ def _autocast(precision: str):
                           enabled=precision == "bf16")
 
 
+@functools.cache
+def _device_module():
+    """eval/device.py, loaded once: its DMD steps are the ones timed here too."""
+    return eval_module("device")
+
+
 def _gendiv_step(net, precision: str, reuse: bool):
     """gendiv's DMD step as the trainer runs it: score_difference_step, the method's loss, denoising_loss."""
-    from gendiv.distill import DMD, score_difference_step
-    from gendiv.objectives import denoising_loss
-    from gendiv.space import sample_sigma
-
-    teacher, fake, gen, bs, opt_g, opt_f, z = net
-    method = DMD(kernel_backend="auto")
-    sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980)
-    fake.requires_grad_(False)
-    with _autocast(precision):
-        x = gen(z).float()
-        ctx = score_difference_step(x, teacher, fake, sigma)
-        loss, _ = method.loss_from_context(ctx)
-    loss.backward()
-    opt_g.step()
-    opt_g.zero_grad(set_to_none=True)
-    fake.requires_grad_(True)
-    if reuse:
-        xf = x.detach()
-    else:
-        with torch.no_grad(), _autocast(precision):
-            xf = gen(z).float()
-    with _autocast(precision):
-        loss_f = denoising_loss(fake, xf, sigma=sample_sigma("karras_index", bs))
-    loss_f.backward()
-    opt_f.step()
-    opt_f.zero_grad(set_to_none=True)
+    teacher, fake, gen, _, opt_g, opt_f, z = net
+    _device_module().dmd_step((teacher, fake, gen), (opt_g, opt_f), z, str(z.device), precision, reuse)
 
 
 def _dmd2_reference_step(net, precision: str):
-    """The DMD2 code path, written out: noise, two no-grad predictions, normalised gradient, surrogate MSE."""
-    from gendiv.space import edm_loss_weight, sample_sigma
-
-    teacher, fake, gen, bs, opt_g, opt_f, z = net
-    sigma = sample_sigma("karras_index", bs, min_index=20, max_index=980).view(-1, 1, 1, 1)
-    fake.requires_grad_(False)
-    with _autocast(precision):
-        x = gen(z).float()
-        noisy = x + sigma * torch.randn_like(x)
-        with torch.no_grad():
-            pred_real = teacher(noisy, sigma.flatten()).float()
-            pred_fake = fake(noisy, sigma.flatten()).float()
-            p_real, p_fake = x - pred_real, x - pred_fake
-            grad = (p_real - p_fake) / torch.abs(p_real).mean(dim=[1, 2, 3], keepdim=True)
-            grad = torch.nan_to_num(grad)
-        loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
-    loss.backward()
-    opt_g.step()
-    opt_g.zero_grad(set_to_none=True)
-    fake.requires_grad_(True)
-    with torch.no_grad(), _autocast(precision):
-        xf = gen(z).float()
-    s2 = sample_sigma("karras_index", bs).view(-1, 1, 1, 1)
-    with _autocast(precision):
-        pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten()).float()
-        loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
-    loss_f.backward()
-    opt_f.step()
-    opt_f.zero_grad(set_to_none=True)
+    """The DMD2 code path, written out (eval/device.py's plain loop, on this machine)."""
+    teacher, fake, gen, _, opt_g, opt_f, z = net
+    _device_module().plain_dmd2_step((teacher, fake, gen), (opt_g, opt_f), z, str(z.device), precision)
 
 
 def _network_passes(net, precision: str, reuse: bool):

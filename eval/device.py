@@ -188,30 +188,35 @@ def dmd_step(nets, optimizers, z, device: str, precision: str, reuse: bool, cond
     return float(loss.detach()), float(loss_f.detach())
 
 
-def plain_dmd2_step(nets, optimizers, z, device: str):
-    """The DMD2 code path written out in fp32: noise, two no-grad predictions, normalised gradient, surrogate MSE."""
+def plain_dmd2_step(nets, optimizers, z, device: str, precision: str = "no"):
+    """The DMD2 code path written out (fp32 unless ``precision`` is bf16): noise, two no-grad predictions,
+    normalised gradient, surrogate MSE; then the fake score's EDM-weighted denoising loss."""
     from gendiv.space import edm_loss_weight, sample_sigma
 
     teacher, fake, gen = nets
     opt_g, opt_f = optimizers
     bs = z.shape[0]
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
     sigma = sample_sigma("karras_index", bs, device=device, min_index=20, max_index=980).view(-1, 1, 1, 1)
     fake.requires_grad_(False)
-    x = gen(z)
-    noisy = x + sigma * torch.randn_like(x)
-    with torch.no_grad():
-        p_real, p_fake = x - teacher(noisy, sigma.flatten()), x - fake(noisy, sigma.flatten())
-        grad = torch.nan_to_num((p_real - p_fake) / p_real.abs().mean(dim=[1, 2, 3], keepdim=True))
-    loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
+    with autocast:
+        x = gen(z).float()
+        noisy = x + sigma * torch.randn_like(x)
+        with torch.no_grad():
+            p_real = x - teacher(noisy, sigma.flatten()).float()
+            p_fake = x - fake(noisy, sigma.flatten()).float()
+            grad = torch.nan_to_num((p_real - p_fake) / p_real.abs().mean(dim=[1, 2, 3], keepdim=True))
+        loss = 0.5 * torch.nn.functional.mse_loss(x, (x - grad).detach())
     loss.backward()
     opt_g.step()
     opt_g.zero_grad(set_to_none=True)
     fake.requires_grad_(True)
-    with torch.no_grad():
-        xf = gen(z)
+    with torch.no_grad(), autocast:
+        xf = gen(z).float()
     s2 = sample_sigma("karras_index", bs, device=device).view(-1, 1, 1, 1)
-    pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten())
-    loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
+    with autocast:
+        pred = fake(xf + s2 * torch.randn_like(xf), s2.flatten()).float()
+        loss_f = (edm_loss_weight(s2) * (pred - xf) ** 2).mean()
     loss_f.backward()
     opt_f.step()
     opt_f.zero_grad(set_to_none=True)
