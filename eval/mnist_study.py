@@ -65,6 +65,8 @@ ABLATIONS = {
     "power EMA, σ_rel 0.05 (EDM2's), instead of EMA 0.99": ["optim.ema_std=0.05"],
     "σ_init = 80 (DMD's)": ["student.sigma_init=80"],
     "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
+    "GAN head on the frozen teacher's features (not the fake score's)": ["method.gan.features=teacher"],
+    "GAN heads on every encoder level and the bottleneck (not the bottleneck alone)": ["method.gan.layers=all"],
     "TTUR 5 (DMD2's ratio and GAN weights)": _DMD2_AS_PUBLISHED,
     "+ regression on 1,024 teacher ODE pairs (weight 0.25)": ["method.regression.weight=0.25",
                                                                "method.regression.pairs=1024"],
