@@ -899,8 +899,8 @@ def main(argv=None):
     p.add_argument("--fid-samples", type=int, default=5000, help="generated samples per model for FID (mnist)")
     p.add_argument("--qmc-samples", type=int, default=256, help="samples per set (qmc_fid; a power of 2 suits Sobol)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
-    p.add_argument("--mnist-minutes", type=float, default=80, help="mnist: training minutes of the kept recipe")
-    p.add_argument("--mnist-paper-minutes", type=float, default=40,
+    p.add_argument("--mnist-minutes", type=float, default=60, help="mnist: training minutes of the kept recipe")
+    p.add_argument("--mnist-paper-minutes", type=float, default=20,
                    help="mnist: training minutes of DMD2 as published (TTUR 5), the first study's recipe")
     p.add_argument("--mnist-sweep-minutes", type=float, default=8, help="mnist: training minutes of every other method")
     p.add_argument("--mnist-ablation-minutes", type=float, default=6, help="mnist_ablation: minutes of each variant")

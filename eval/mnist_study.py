@@ -67,6 +67,7 @@ ABLATIONS = {
     "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
     "GAN head on the frozen teacher's features (not the fake score's)": ["method.gan.features=teacher"],
     "GAN heads on every encoder level and the bottleneck (not the bottleneck alone)": ["method.gan.layers=all"],
+    "stronger GAN term (λ_D 1, λ_G 1e-2)": ["method.gan.weight_disc=1", "method.gan.weight_gen=1e-2"],
     "TTUR 5 (DMD2's ratio and GAN weights)": _DMD2_AS_PUBLISHED,
     "+ regression on 1,024 teacher ODE pairs (weight 0.25)": ["method.regression.weight=0.25",
                                                                "method.regression.pairs=1024"],
