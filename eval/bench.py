@@ -631,6 +631,13 @@ def bench_mnist_ablation(args) -> str:
     return eval_module("mnist_study").run(args, sys.modules[__name__])[1]
 
 
+@benchmark("mnist_is")
+def bench_mnist_is(args) -> str:
+    """IS and IS∞ of the MNIST teacher and students with a digit classifier (eval/mnist_study.py; the offline FID
+    Inception weights hold no classifier); shares its runs with ``mnist``."""
+    return eval_module("mnist_study").digit_is_table(args, sys.modules[__name__])
+
+
 @benchmark("guidance")
 def bench_guidance(args) -> str:
     """The exact class-conditional suite (conditional2d): a CFG model (EDM loss, 10% label dropout) and a GFT model of
@@ -905,6 +912,7 @@ def main(argv=None):
     p.add_argument("--mnist-sweep-minutes", type=float, default=8, help="mnist: training minutes of every other method")
     p.add_argument("--mnist-ablation-minutes", type=float, default=6, help="mnist_ablation: minutes of each variant")
     p.add_argument("--curve-samples", type=int, default=500, help="mnist: samples per learning-curve point")
+    p.add_argument("--is-samples", type=int, default=1000, help="mnist_is: samples per model for IS and IS∞")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where the Markdown tables go")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help="the README to update")
     args = p.parse_args(argv)

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("GENDIV_MNIST_RUNS", ROOT / "runs" / "bench_mnist"))
 REFERENCE = ROOT / "runs" / "bench_mnist" / "reference_features.npy"  # depends on the data only
 ARTIFACT = Path(os.environ.get("GENDIV_MNIST_TEACHER", ROOT / "eval" / "artifacts" / "teacher_mnist"))
+# the digit classifier of the Inception Score of digits, trained once on all but HELD_OUT of the real digits
+CLASSIFIER = Path(os.environ.get("GENDIV_MNIST_CLASSIFIER", ROOT / "eval" / "artifacts" / "mnist_classifier"))
+HELD_OUT = 1000
 BASE = "distill_dmd2_mnist.yaml"
 STUDY = ["run.steps=1000000", "run.sample_every=0", "run.checkpoint_every=50", "run.keep_checkpoints=1000000",
          "run.progress=false", "run.threads=1"]
@@ -499,8 +502,93 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
     return head, ablation
 
 
+def _study(args, bench) -> dict:
+    """``mnist``, ``mnist_ablation`` and ``mnist_is`` in one bench invocation share one study."""
+    if not hasattr(args, "_mnist_study"):
+        args._mnist_study = run_study(args, bench)
+    return args._mnist_study
+
+
 def run(args, bench) -> tuple[str, str]:
-    """Both tables; ``mnist`` and ``mnist_ablation`` in one bench invocation share one study."""
+    """The headline with curves and the ablation."""
     if not hasattr(args, "_mnist_tables"):
-        args._mnist_tables = markdown(args, bench, run_study(args, bench))
+        args._mnist_tables = markdown(args, bench, _study(args, bench))
     return args._mnist_tables
+
+
+# -- the Inception Score of digits --------------------------------------------------------------------------
+def _digit_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images in [-1, 1], labels, a fixed permutation): the permutation's first HELD_OUT digits are held out."""
+    from gendiv.training.data import load_mnist_source
+
+    source = load_mnist_source()
+    return source.images, source.labels, torch.randperm(len(source.images), generator=torch.Generator().manual_seed(0))
+
+
+def digit_classifier():
+    """The study's digit classifier (eval/artifacts/mnist_classifier/, safetensors), trained once; its accuracy on
+    the held-out digits is recorded beside it (training.json)."""
+    from gendiv.metrics.digit_classifier import DigitClassifier, classifier_logits, train_digit_classifier
+
+    with _locked(RUNS / CLASSIFIER.name):  # the lock file stays out of the artefact folder
+        if not (CLASSIFIER / "config.json").exists():
+            images, labels, perm = _digit_split()
+            held, train = perm[:HELD_OUT], perm[HELD_OUT:]
+            t = time.time()
+            model = train_digit_classifier(images[train], labels[train])
+            accuracy = float((classifier_logits(model, images[held]).argmax(1) == labels[held].numpy()).mean())
+            tmp = CLASSIFIER.with_name("." + CLASSIFIER.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            (tmp / "training.json").write_text(json.dumps({"held_out_accuracy": accuracy, "train_images": len(train),
+                                                           "held_out_images": HELD_OUT, "wall_s": time.time() - t}))
+            tmp.replace(CLASSIFIER)
+    return DigitClassifier.from_pretrained(str(CLASSIFIER)).eval()
+
+
+def digit_scores(images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """IS (10 consecutive splits; the samples interleave the classes) and IS∞ of the digit classifier's
+    probabilities, and the share of samples it assigns to the class they were drawn for."""
+    from gendiv.metrics import inception_score, is_infinity
+    from gendiv.metrics.digit_classifier import classifier_logits
+
+    logits = classifier_logits(digit_classifier(), images)
+    mean, std = inception_score(logits, splits=10)
+    return {"is": mean, "is_std": std, "is_inf": is_infinity(logits, n_min=len(logits) // 5)[0],
+            "label_accuracy": float((logits.argmax(1) == labels.numpy()).mean()), "samples": len(logits)}
+
+
+def _drawn_labels(n: int) -> torch.Tensor:
+    return torch.arange(n) % 10  # as student_images and teacher_images draw them
+
+
+def digit_is_table(args, bench) -> str:
+    """IS and IS∞ of the real held-out digits, the teacher and every student's final checkpoint, at one sample
+    count (``--is-samples``), the same latents as the FID evaluations."""
+    study = _study(args, bench)
+    n, teacher = args.is_samples, study["teacher"]
+    images, labels, perm = _digit_split()
+    held = perm[:HELD_OUT]  # in random order: every split mixes the classes
+    real = digit_scores(images[held], labels[held])
+    record = json.loads((CLASSIFIER / "training.json").read_text())
+    rows = [[f"real digits (the {HELD_OUT:,} held out from the classifier)", "–", real]]
+    rows.append(["teacher (EDM Heun, 18 steps)", 35, _cached(RUNS / "teacher_evaluations.json", f"digit_is/{n}",
+                                                             lambda: digit_scores(teacher_images(teacher, n),
+                                                                                  _drawn_labels(n)))])
+    for job in study["jobs"]:
+        if job["kind"] != "train" or job["label"].startswith("ablation: "):
+            continue
+        run = Path(job["out"])
+        checkpoint = _checkpoint_at(run, job["minutes"])[0]
+        scores_ = _cached(run / "evaluations.json", f"{checkpoint.name}/{n}/digit_is",
+                          lambda: digit_scores(student_images(run, checkpoint / "ema_generator.safetensors", n),
+                                               _drawn_labels(n)))
+        rows.append([f"student: {job['label']} ({job['minutes']:g} min)", FEW_STEP.get(job["label"], 1), scores_])
+    table = bench.table(["model", "NFE", f"IS ↑ ({n:,} samples, 10 splits)", "IS∞", "drawn class recognised"],
+                        [[label, nfe, f"{s['is']:.2f} ± {s['is_std']:.2f}", f"{s['is_inf']:.2f}",
+                          f"{100 * s['label_accuracy']:.1f}%"] for label, nfe, s in rows])
+    return (f"Inception Score of digits: IS and IS∞ (fitted over subsets of {n // 5:,} to {n:,} samples) with the "
+            f"study's digit classifier (`eval/artifacts/mnist_classifier/`, {record['held_out_accuracy']:.1%} accurate "
+            f"on the {HELD_OUT:,} real digits held out from its training), since the offline FID Inception weights "
+            f"carry no classifier; 10 is the most 10 classes allow. Every generated set draws the classes equally, "
+            f"with the latents of the FID evaluations; {bench.machine()}.\n\n" + table)
