@@ -196,29 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gendiv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a diffusion model (teacher) with the EDM loss")
-    t.add_argument("--config", help="YAML config (configs/*.yaml); defaults: the 2-D imbalanced ring")
-    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.steps=500 data.source=digits")
-    t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
-    t.add_argument("--overwrite", action="store_true",
-                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
-    t.set_defaults(func=_train)
+    def run_command(name, help, config_help, example, func):
+        """A training command: a YAML config, section.key=value overrides, --resume / --overwrite."""
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--config", help=config_help)
+        c.add_argument("overrides", nargs="*", help=f"section.key=value, e.g. {example}")
+        c.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
+        c.add_argument("--overwrite", action="store_true", help="run.output_dir holds a run: move it aside to "
+                       "<dir>.old-<time> (nothing is deleted) and start anew")
+        c.set_defaults(func=func)
 
-    d = sub.add_parser("distill", help="distil a teacher into a one-step generator (DMD, DMD2, Diff-Instruct, f-distill)")
-    d.add_argument("--config", help="YAML config (configs/distill_*.yaml); defaults: f-distill (JS) on the analytic ring")
-    d.add_argument("overrides", nargs="*", help="section.key=value, e.g. method.name=dmd method.divergence=forward_kl")
-    d.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
-    d.add_argument("--overwrite", action="store_true",
-                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
-    d.set_defaults(func=_distill)
-
-    g = sub.add_parser("guidance-adapter", help="train a one-pass CFG adapter on a frozen teacher (docs/guidance.md §6)")
-    g.add_argument("--config", help="YAML config (configs/guidance_adapter_*.yaml); defaults: the exact 2-D suite")
-    g.add_argument("overrides", nargs="*", help="section.key=value, e.g. trajectories.scale_max=7 adapter.rank=16")
-    g.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in run.output_dir")
-    g.add_argument("--overwrite", action="store_true",
-                   help="run.output_dir holds a run: move it aside to <dir>.old-<time> (nothing is deleted) and start anew")
-    g.set_defaults(func=_guidance_adapter)
+    run_command("train", "train a diffusion model (teacher) with the EDM loss",
+                "YAML config (configs/*.yaml); defaults: the 2-D imbalanced ring",
+                "run.steps=500 data.source=digits", _train)
+    run_command("distill", "distil a teacher into a one-step generator (DMD, DMD2, Diff-Instruct, f-distill)",
+                "YAML config (configs/distill_*.yaml); defaults: f-distill (JS) on the analytic ring",
+                "method.name=dmd method.divergence=forward_kl", _distill)
+    run_command("guidance-adapter", "train a one-pass CFG adapter on a frozen teacher (docs/guidance.md §6)",
+                "YAML config (configs/guidance_adapter_*.yaml); defaults: the exact 2-D suite",
+                "trajectories.scale_max=7 adapter.rank=16", _guidance_adapter)
 
     sources = ("image sources: a folder of png/jpg (any size, grayscale or RGB), an .npz with 'images', a saved "
                "pipeline folder (with --num-samples), dataset:digits or dataset:mnist; REF may also be a statistics "
@@ -277,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_sample)
     debug_help = f"show the traceback of every error, user errors too (or set {DEBUG_ENV}=1)"
     p.add_argument("--debug", action="store_true", help=debug_help)
-    for command in (t, d, f, fs, s):  # before or after the command; SUPPRESS keeps `gendiv --debug train`'s value
+    for command in sub.choices.values():  # before or after the command; SUPPRESS keeps `gendiv --debug train`'s value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return p
 
