@@ -67,7 +67,6 @@ def run(args, bench) -> str:
     from gendiv.training.text_gft import (TwoPromptSuite, exact_guided_samples, guided_samples, sampling_sigmas,
                                           smallest_latent_shape)
 
-    cpu_name = bench.eval_module("guidance_gradient").cpu_name
     root = Path(__file__).resolve().parents[1] / "runs" / "bench_gft_text"
     t0 = time.time()
     teacher_folder = train(tiny_sd_folder(root / "sd_random"), root / "teacher", "edm", PRETRAIN_STEPS, 0)
@@ -106,7 +105,6 @@ def run(args, bench) -> str:
             f"channels) with gendiv.testing's CLIP text encoder; teacher: {PRETRAIN_STEPS} steps of objective edm; "
             f"GFT: {FINETUNE_STEPS} more steps per seed (β_min 0.25); batch {BATCH}, σ of uniform DDPM timesteps; "
             f"{SAMPLES} samples, Heun {HEUN_STEPS} steps over the teacher's σ range; mean ± std over {args.seeds} "
-            f"GFT seeds; wall {time.time() - t0:.0f} s; {torch.get_num_threads()} thread(s), {cpu_name()}, "
-            f"{bench.machine()}\n\n"
+            f"GFT seeds; wall {time.time() - t0:.0f} s; {bench.machine()}\n\n"
             + bench.table(["s", "sampler", "UNet passes/step", "sliced W₂ to exact CFG samples",
                            "mass on the shared component"], body))

@@ -55,7 +55,6 @@ def run(args, bench) -> str:
     from gendiv.toy import AnalyticDenoiser, get_distribution, sliced_wasserstein2
     from gendiv.training.guidance_adapter import TrajectorySection, cfg_trajectories, guidance_gaps
 
-    cpu_name = bench.eval_module("guidance_gradient").cpu_name
     dist = get_distribution("conditional2d")
     teacher = AnalyticDenoiser(dist)
     out = Path(__file__).resolve().parents[1] / "runs" / "bench_guidance_adapter"
@@ -108,8 +107,7 @@ def run(args, bench) -> str:
             for (s, name), r in rows.items()]
     return (f"conditional2d (exact teacher), residual adapter MLP 128×3 trained {STEPS} steps on {POOL} CFG "
             f"trajectories (s ~ U[1, 5]), Euler {NUM_STEPS} steps, {N} samples per set, W₂ against two-pass CFG "
-            f"samples from the same noise, mean ± std over {args.seeds} seeds, {torch.get_num_threads()} thread(s), "
-            f"{cpu_name()}, {bench.machine()}\n\n"
+            f"samples from the same noise, mean ± std over {args.seeds} seeds, {bench.machine()}\n\n"
             + bench.table(["CFG scale s", "sampler", "RMS gap to two-pass CFG x̂₀", "sliced W₂ per class",
                            "sliced W₂ per mode (shapes)", "mode-weight TV", "teacher passes / step",
                            f"wall time per {N}-sample batch (s)"], body))

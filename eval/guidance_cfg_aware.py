@@ -32,7 +32,6 @@ def run(args, bench) -> str:
     from gendiv.sampling import sample
     from gendiv.toy import AnalyticDenoiser, get_distribution, sliced_wasserstein2
 
-    cpu_name = bench.eval_module("guidance_gradient").cpu_name
 
     dist, n = get_distribution("conditional2d"), 4000
     exact = AnalyticDenoiser(dist)
@@ -75,7 +74,6 @@ def run(args, bench) -> str:
     spread = lambda v: bench._mean_spread(v) if v else "–"  # noqa: E731
     body = [[s, name, spread(r["data_gap"]), spread(r["cfg_gap"]), spread(r["w2"])] for (s, name), r in rows.items()]
     return (f"conditional2d, MLP 128×3, {args.guidance_steps} training steps per model, {n} samples, Heun 18 steps, "
-            f"mean ± std over {args.seeds} seeds, {torch.get_num_threads()} thread(s), {cpu_name()}, "
-            f"{bench.machine()}\n\n"
+            f"mean ± std over {args.seeds} seeds, {bench.machine()}\n\n"
             + bench.table(["CFG scale s", "training", "denoiser gap to the data's E[x₀∣x, c]",
                            "denoiser gap to exact CFG at s", "sliced W₂ to the data p(x∣c)"], body))

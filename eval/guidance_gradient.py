@@ -15,7 +15,6 @@ TFG's strengths come from its beam search (eval/tfg_search.py) on a separate val
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 
 import torch
@@ -23,14 +22,6 @@ import torch
 STEPS, RECURRENCE = 18, 2
 EXACT_SPACE = {"variance_scale": (0.25, 2.0, 4.0), "mean_scale": (0.001, 4.0, 0.064), "smoothing": (0.01, 10.0, 1.0)}
 DIGITS_SPACE = {"variance_scale": (0.25, 2.0, 8.0), "mean_scale": (0.001, 4.0, 0.064), "smoothing": (0.01, 10.0, 1.0)}
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return "CPU model unknown"
 
 
 def methods(base, classifier, log_likelihood, tfg: dict):
@@ -183,5 +174,5 @@ def digits(seeds: int, steps: int, bench) -> str:
 
 def run(args, bench) -> str:
     header = (f"Guidance toward a class from a model trained without labels; Euler {STEPS} steps, mean ± std over "
-              f"{args.seeds} seeds, {torch.get_num_threads()} thread(s), {cpu_name()}, {bench.machine()}")
+              f"{args.seeds} seeds, {bench.machine()}")
     return "\n\n".join([header, exact_suite(args.seeds, bench), digits(args.seeds, args.guidance_steps, bench)])

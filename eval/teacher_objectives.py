@@ -77,7 +77,6 @@ def _mirror_rows(bench, train, seed: int) -> list:
     from gendiv import MirrorFlowMatchingPipeline
     from gendiv.mirror import inside_mask
     from gendiv.toy import get_distribution, mean_log_likelihood, sliced_wasserstein2
-    from gendiv.toy.convex import moment_errors
 
     rows = []
     for label, config, domain in (("mirror flow, simplex (dirichlet_3)", "mirror_flow_dirichlet.yaml", "simplex"),

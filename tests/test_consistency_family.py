@@ -9,7 +9,6 @@ distribution. Short trainings show every new method runs through the unchanged t
 """
 import math
 import types
-import warnings
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ from gendiv.distill.tangents import finite_difference_jvp, jvp
 from gendiv.models import OneStepGenerator
 from gendiv.models.denoiser import MLPDenoiser
 from gendiv.pipelines import FewStepPipeline, FewStepScheduler
-from gendiv.toy import AnalyticDenoiser, GaussianMixture, sliced_wasserstein2
+from gendiv.toy import AnalyticDenoiser, GaussianMixture
 from gendiv.toy.distributions import ring8_imbalanced
 from gendiv.toy.flow_map import exact_average_velocity, exact_flow_map
 from gendiv.training import ConfigError, DistillConfig, load_config

@@ -8,7 +8,6 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from gendiv import testing
-from gendiv.condition import Condition
 from gendiv.models.lora import LoraOneStepGenerator, LoraSpec, SharedLora
 from gendiv.models.teachers import load_teacher
 
