@@ -63,8 +63,11 @@ METHODS = {
                       "method.fake_warmup_steps=100"],
 }
 FEW_STEP = {"DMD2, 2 steps": 2, "DMD2, 4 steps": 4}
-# label → overrides of the kept recipe; each row is compared with the recipe at the same wall time
+# label → overrides of the kept recipe, each trained for the same minutes beside the others; the control is the recipe
+# itself in a run of that length (not the long run's checkpoint, which may have run in other conditions)
+CONTROL = "kept recipe (EMA 0.99 of the generator), a run of its own"
 ABLATIONS = {
+    CONTROL: [],
     "power EMA, σ_rel 0.05 (EDM2's), instead of EMA 0.99": ["optim.ema_std=0.05"],
     "σ_init = 80 (DMD's)": ["student.sigma_init=80"],
     "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
@@ -360,7 +363,8 @@ def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
              {"kind": "checkpoint", "run": kept, "minutes": args.mnist_minutes, "samples": args.fid_samples},
              *[{"kind": "checkpoint", "run": str(run_dir(label)), "minutes": sweep, "samples": args.fid_samples}
                for label in FEW_STEP],
-             {"kind": "checkpoint", "run": kept, "minutes": ablate, "samples": args.curve_samples, "ema": False}]
+             {"kind": "checkpoint", "run": str(run_dir(f"ablation: {CONTROL}")), "minutes": ablate,
+              "samples": args.curve_samples, "ema": False}]
     return jobs, evals
 
 
@@ -484,21 +488,17 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
             + "\n\n![FID against generator updates and wall time](eval/results/mnist_curves.png)"
             + "\n\n![MNIST samples: teacher vs the one-, two- and four-step students (rows: classes 0–9)](eval/results/mnist.png)")
 
-    abl_rows = []
     at = args.mnist_ablation_minutes
-    ref = evaluate_checkpoint(Path(by_label[KEPT]["out"]), at, n_curve)
-    raw = evaluate_checkpoint(Path(by_label[KEPT]["out"]), at, n_curve, ema=False)
-    abl_rows.append(["kept recipe (EMA 0.99 of the generator)", f"{ref['wall_s'] / 60:.1f}", ref["step"],
-                     ref["generator_updates"], f"{ref['fid']:.1f}", _fmt_kid(ref)])
-    abl_rows.append(["no EMA (the trained generator itself)", f"{raw['wall_s'] / 60:.1f}", raw["step"],
-                     raw["generator_updates"], f"{raw['fid']:.1f}", _fmt_kid(raw)])
-    for j in jobs:
-        if j["label"].startswith("ablation: "):
-            p = evaluate_checkpoint(Path(j["out"]), at, n_curve)
-            abl_rows.append([j["label"].removeprefix("ablation: "), f"{p['wall_s'] / 60:.1f}", p["step"],
-                             p["generator_updates"], f"{p['fid']:.1f}", _fmt_kid(p)])
+    control = Path(by_label[f"ablation: {CONTROL}"]["out"])
+    points = [(j["label"].removeprefix("ablation: "), evaluate_checkpoint(Path(j["out"]), at, n_curve))
+              for j in jobs if j["label"].startswith("ablation: ")]
+    points.insert(1, ("no EMA (the control's trained generator itself)",
+                      evaluate_checkpoint(control, at, n_curve, ema=False)))
+    abl_rows = [[label, f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"], f"{p['fid']:.1f}", _fmt_kid(p)]
+                for label, p in points]
     ablation = (f"What moved the MNIST number: each row changes one knob of the kept recipe "
-                f"(configs/distill_dmd2_mnist.yaml) and trains for the same {at:g} minutes on one thread; FID of "
+                f"(configs/distill_dmd2_mnist.yaml) and trains for the same {at:g} minutes on one thread, the first "
+                f"row the recipe itself; FID of "
                 f"{n_curve:,} samples{bench.fid_caveat(n_curve)}; {bench.machine()}.\n\n"
                 + bench.table(["variant", "minutes", "steps", "generator updates", f"FID ({n_curve})", "KID × 10³"],
                               abl_rows))
