@@ -2,9 +2,10 @@
 
 A constant decay β averages over a fixed number of updates (≈ 1/(1 − β)) however long the run is, so it lags early in a
 short run and forgets too fast in a long one. The power-function EMA (Karras et al. 2024, "Analyzing and Improving the
-Training Dynamics of Diffusion Models", §3.1, docs/methods.md) instead averages over a fixed *fraction* of the run: after
-t updates the average weighs update i in proportion to about i^γ, so its width grows with t. It is parameterised by
-σ_rel, the standard deviation of that weight profile relative to t (EDM2 reports 0.05–0.15 as good values).
+Training Dynamics of Diffusion Models", §3.1; docs/methods.md §12) instead averages over a fixed *fraction* of the
+run: after t updates the average weighs update i in proportion to about i^γ, so its width grows with t. It is
+parameterised by σ_rel, the standard deviation of that weight profile relative to t (EDM2 reports 0.05–0.15 as good
+values).
 """
 from __future__ import annotations
 
