@@ -137,8 +137,8 @@ def check_reusable(run: Path, overrides: list[str]):
     wanted, default = resolved(overrides), resolved([])
     saved = _flat(_config(run))
     ignored = {"run.output_dir", "teacher.source"}  # paths; the teacher's content is compared by its fingerprint
-    differ = [f"{k}: ran {saved.get(k, default[k])!r}, asked {v!r}" for k, v in wanted.items()
-              if k not in ignored and saved.get(k, default[k]) != v]
+    ran = {k: saved[k] if k in saved else default.get(k) for k in wanted}  # a key another method has: no default
+    differ = [f"{k}: ran {ran[k]!r}, asked {v!r}" for k, v in wanted.items() if k not in ignored and ran[k] != v]
     if differ:
         raise RuntimeError(f"{run} was trained with another config ({'; '.join(differ)}); move it away or run "
                            "without --reuse")

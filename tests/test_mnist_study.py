@@ -102,3 +102,19 @@ def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
         study.check_reusable(tmp_path, [*overrides, "method.fake_updates_per_generator_update=2"])
     with pytest.raises(RuntimeError, match=r"optim.ema_std: ran None, asked 0.05"):
         study.check_reusable(tmp_path, [*overrides, "optim.ema_std=0.05"])
+
+
+def test_a_cached_run_of_another_method_is_reused(study, tmp_path):
+    """A method's own keys (f-distill's divergence) have no value in the base recipe's defaults: the saved value counts."""
+    from gendiv.training import load_config
+    from gendiv.training.config import to_dict
+    from gendiv.training.distill import DistillConfig
+
+    overrides = [*study.STUDY, "run.max_minutes=3", *study.METHODS["f-distill (JS + GAN)"]]
+    saved = to_dict(load_config(DistillConfig, ROOT / "configs" / study.BASE, overrides))
+    folder = tmp_path / "checkpoints" / "step-00000050"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(saved, default=str))
+    study.check_reusable(tmp_path, overrides)
+    with pytest.raises(RuntimeError, match=r"method.divergence: ran 'jensen_shannon', asked 'forward_kl'"):
+        study.check_reusable(tmp_path, [*overrides, "method.divergence=forward_kl"])
