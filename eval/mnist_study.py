@@ -437,7 +437,8 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
         final = evaluate_checkpoint(Path(job["out"]), job["minutes"], n)
         rows.append([f"student: {label}", nfe, f"{final['fid']:.2f}", _fmt_kid(final),
                      f"{final['wall_s'] / 60:.0f} min on 1 thread, {final['generator_updates']:,} generator updates"])
-    headline = bench.table(["model", "NFE", f"FID ↓ ({n:,} samples)", "KID × 10³", "training"], rows)
+    biased = ", biased high" if n < bench.UNBIASED_FID_SAMPLES else ""
+    headline = bench.table(["model", "NFE", f"FID ↓ ({n:,} samples{biased})", "KID × 10³", "training"], rows)
 
     curves = {j["label"]: _curve(j, n_curve) for j in jobs if not j["label"].startswith("ablation: ")}
     rows = [[label, FEW_STEP.get(label, 1), f"{p['wall_s'] / 60:.1f}", p["step"], p["generator_updates"],
