@@ -68,6 +68,7 @@ FEW_STEP = {"DMD2, 2 steps": 2, "DMD2, 4 steps": 4}
 CONTROL = "kept recipe (EMA 0.99 of the generator), a run of its own"
 ABLATIONS = {
     CONTROL: [],
+    "kept recipe, another seed (the seed-to-seed spread of these rows)": ["run.seed=1"],
     "power EMA, σ_rel 0.05 (EDM2's), instead of EMA 0.99": ["optim.ema_std=0.05"],
     "σ_init = 80 (DMD's)": ["student.sigma_init=80"],
     "no GAN term": ["method.gan.weight_gen=0", "method.gan.weight_disc=0"],
