@@ -83,20 +83,28 @@ def test_the_sid_config_is_the_studys_sid_row(study):
     assert row == written
 
 
-def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
-    """Reuse compares the run's saved config with the job's (the base file may have changed since it ran); keys a
-    run predates count as their defaults."""
+def _saved_run(study, run, overrides, edit=lambda saved: None):
+    """A finished run's folder as the study reads it: the resolved config of ``overrides`` in its newest checkpoint."""
     from gendiv.training import load_config
     from gendiv.training.config import to_dict
     from gendiv.training.distill import DistillConfig
 
-    overrides = [*study.STUDY, "run.max_minutes=3", "method.fake_updates_per_generator_update=5"]
     saved = to_dict(load_config(DistillConfig, ROOT / "configs" / study.BASE, overrides))
-    saved["run"]["output_dir"] = "/elsewhere"                 # paths are not compared
-    del saved["optim"]["ema_std"]                             # written before the key existed: its default holds
-    folder = tmp_path / "checkpoints" / "step-00000050"
+    edit(saved)
+    folder = run / "checkpoints" / "step-00000050"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(saved, default=str))
+
+
+def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
+    """Reuse compares the run's saved config with the job's (the base file may have changed since it ran); keys a
+    run predates count as their defaults."""
+    def older_run_elsewhere(saved):
+        saved["run"]["output_dir"] = "/elsewhere"             # paths are not compared
+        del saved["optim"]["ema_std"]                         # written before the key existed: its default holds
+
+    overrides = [*study.STUDY, "run.max_minutes=3", "method.fake_updates_per_generator_update=5"]
+    _saved_run(study, tmp_path, overrides, older_run_elsewhere)
     study.check_reusable(tmp_path, overrides)
     with pytest.raises(RuntimeError, match=r"method.fake_updates_per_generator_update: ran 5, asked 2"):
         study.check_reusable(tmp_path, [*overrides, "method.fake_updates_per_generator_update=2"])
@@ -106,15 +114,8 @@ def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
 
 def test_a_cached_run_of_another_method_is_reused(study, tmp_path):
     """A method's own keys (f-distill's divergence) have no value in the base recipe's defaults: the saved value counts."""
-    from gendiv.training import load_config
-    from gendiv.training.config import to_dict
-    from gendiv.training.distill import DistillConfig
-
     overrides = [*study.STUDY, "run.max_minutes=3", *study.METHODS["f-distill (JS + GAN)"]]
-    saved = to_dict(load_config(DistillConfig, ROOT / "configs" / study.BASE, overrides))
-    folder = tmp_path / "checkpoints" / "step-00000050"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(saved, default=str))
+    _saved_run(study, tmp_path, overrides)
     study.check_reusable(tmp_path, overrides)
     with pytest.raises(RuntimeError, match=r"method.divergence: ran 'jensen_shannon', asked 'forward_kl'"):
         study.check_reusable(tmp_path, [*overrides, "method.divergence=forward_kl"])
