@@ -357,7 +357,11 @@ def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
     jobs += [train(f"ablation: {label}", o, ablate, [ablate]) for label, o in ABLATIONS.items()]
     if args.mnist_rows:  # only these training runs, no evaluation jobs (the tables need every row)
         wanted = args.mnist_rows.split("|")
-        return [j for j in jobs if j["kind"] == "train" and any(w in j["label"] for w in wanted)], []
+        chosen = [j for j in jobs if j["kind"] == "train" and any(w in j["label"] for w in wanted)]
+        if not chosen:
+            raise ValueError(f"--mnist-rows {args.mnist_rows!r} names no row of the study; its rows: "
+                             + "; ".join(j["label"] for j in jobs if j["kind"] == "train"))
+        return chosen, []
     kept = str(run_dir(KEPT))
     evals = [{"kind": "teacher", "teacher": str(teacher), "samples": args.curve_samples},
              {"kind": "teacher", "teacher": str(teacher), "samples": args.fid_samples},

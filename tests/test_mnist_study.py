@@ -119,3 +119,21 @@ def test_a_cached_run_of_another_method_is_reused(study, tmp_path):
     study.check_reusable(tmp_path, overrides)
     with pytest.raises(RuntimeError, match=r"method.divergence: ran 'jensen_shannon', asked 'forward_kl'"):
         study.check_reusable(tmp_path, [*overrides, "method.divergence=forward_kl"])
+
+
+def test_rows_filter_trains_only_the_rows_named(study):
+    import argparse
+
+    args = argparse.Namespace(mnist_sweep_minutes=5, mnist_ablation_minutes=5, mnist_minutes=60,
+                              mnist_paper_minutes=0, curve_samples=500, fid_samples=500, mnist_rows="SiD|ablation: bf16")
+    jobs, evals = study.plan(args, ROOT / "eval" / "artifacts" / "teacher_mnist")
+    assert sorted(j["label"] for j in jobs) == ["SiD", "SiDA", "ablation: bf16 autocast (native on this CPU)"]
+    assert evals == [] and all(j["minutes"] == 5 for j in jobs)
+    args.mnist_rows = "no such row"
+    with pytest.raises(ValueError, match="names no row of the study"):
+        study.plan(args, ROOT)
+    args.mnist_rows = ""
+    jobs, evals = study.plan(args, ROOT)
+    labels = [j["label"] for j in jobs if j["kind"] == "train"]
+    assert "DMD2, TTUR 5 (as published)" not in labels and study.KEPT in labels  # paper minutes 0: left out
+    assert len(labels) == 1 + len(study.METHODS) + len(study.ABLATIONS) and evals
