@@ -592,24 +592,29 @@ def bench_reflected_fid(args) -> str:
             + "\n\n![digit samples, ordinary vs reflected](eval/results/reflected_fid.png)")
 
 
-def _train_run(config: str, run: Path, overrides: list[str], reuse: bool = False) -> float:
+def _train_run(config: str, run: Path, overrides: list[str], reuse: bool = False, extend: bool = False) -> float:
     """Train one config into a fresh scratch folder; returns the wall time (also kept in ``run/wall_s.json``).
-    ``reuse``: a run that finished before (its ``wall_s.json`` exists) is kept, and its recorded time returned."""
+    ``reuse``: a run that finished before (its ``wall_s.json`` exists) is kept, and its recorded time returned.
+    ``extend``: that finished run is resumed instead (e.g. to a larger ``run.max_minutes``; the trainer's clock goes
+    on from its checkpoint), and the time recorded is the sum of both invocations."""
     import shutil
 
     from gendiv.training import TrainConfig, load_config, train
     from gendiv.training.distill import DistillConfig, distill
 
     record = run / "wall_s.json"
-    if reuse and record.exists():
-        return json.loads(record.read_text())["wall_s"]
-    shutil.rmtree(run, ignore_errors=True)
+    before = json.loads(record.read_text())["wall_s"] if record.exists() and (reuse or extend) else None
+    if before is not None and not extend:
+        return before
+    if before is None:
+        shutil.rmtree(run, ignore_errors=True)
     is_distill = config.startswith("distill_")
     cfg = load_config(DistillConfig if is_distill else TrainConfig, ROOT / "configs" / config,
-                      [f"run.output_dir={run}", "run.progress=false"] + overrides)
+                      [f"run.output_dir={run}", "run.progress=false"] + overrides
+                      + (["run.resume=true"] if before is not None else []))
     t = time.time()
     (distill if is_distill else train)(cfg)
-    elapsed = time.time() - t
+    elapsed = time.time() - t + (before or 0.0)
     record.write_text(json.dumps({"wall_s": elapsed, "config": config, "overrides": overrides,
                                   "threads": torch.get_num_threads()}))
     return elapsed

@@ -112,9 +112,8 @@ def train_job(job: dict) -> str:
 
     overrides = [f"teacher.source=pipeline:{job['teacher']}", *STUDY, f"run.max_minutes={job['minutes']}",
                  *job["overrides"]]
-    if (Path(job["out"]) / "wall_s.json").exists():
-        check_reusable(Path(job["out"]), overrides)
-    bench._train_run(BASE, Path(job["out"]), overrides, reuse=True)
+    extend = (Path(job["out"]) / "wall_s.json").exists() and check_reusable(Path(job["out"]), overrides)
+    bench._train_run(BASE, Path(job["out"]), overrides, reuse=True, extend=extend)
     for minutes in job["eval_minutes"]:
         evaluate_checkpoint(Path(job["out"]), minutes, job["samples"])
     return job["out"]
@@ -125,9 +124,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
             for k, v in (_flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(prefix + key, value)])}
 
 
-def check_reusable(run: Path, overrides: list[str]):
+def check_reusable(run: Path, overrides: list[str]) -> bool:
     """A finished run is reused only if it was trained with the config this job asks for (the base file may have
-    changed since): compares everything but paths; keys the run predates must hold their defaults now."""
+    changed since): compares everything but paths; keys the run predates must hold their defaults now. True: the
+    run is that config with a shorter ``run.max_minutes``, to be extended (resumed) to the minutes asked for."""
     from gendiv.training import DistillConfig, load_config
     from gendiv.training.config import to_dict
 
@@ -139,10 +139,14 @@ def check_reusable(run: Path, overrides: list[str]):
     saved = _flat(_config(run))
     ignored = {"run.output_dir", "teacher.source"}  # paths; the teacher's content is compared by its fingerprint
     ran = {k: saved[k] if k in saved else default.get(k) for k in wanted}  # a key another method has: no default
-    differ = [f"{k}: ran {ran[k]!r}, asked {v!r}" for k, v in wanted.items() if k not in ignored and ran[k] != v]
+    minutes = "run.max_minutes"
+    shorter = ran[minutes] is not None and wanted[minutes] is not None and ran[minutes] < wanted[minutes]
+    differ = [f"{k}: ran {ran[k]!r}, asked {v!r}" for k, v in wanted.items()
+              if k not in ignored and ran[k] != v and not (k == minutes and shorter)]
     if differ:
         raise RuntimeError(f"{run} was trained with another config ({'; '.join(differ)}); move it away or run "
                            "without --reuse")
+    return shorter
 
 
 # -- evaluation -------------------------------------------------------------------------------------------
@@ -344,7 +348,7 @@ def plan(args, teacher: Path) -> tuple[list[dict], list[dict]]:
     sweep_points = [round(sweep / 2, 1), sweep]
 
     def long_points(minutes):
-        return sorted({*np.linspace(minutes / 4, minutes, 4).round(1).tolist(), *sweep_points, ablate})
+        return sorted({*np.linspace(minutes / 8, minutes, 8).round(1).tolist(), *sweep_points, ablate})
 
     def train(label, overrides, minutes, points):
         return {"kind": "train", "label": label, "out": str(run_dir(label)), "teacher": str(teacher),

@@ -1,5 +1,6 @@
 """The benchmark harness runs and regenerates marked README sections (timings are printed, never asserted)."""
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +29,8 @@ def test_train_run_records_wall_time_and_reuse_keeps_a_finished_run(tmp_path):
     stamp = (run / "pipeline" / "model_index.json").stat().st_mtime_ns
     assert bench._train_run("teacher_ring.yaml", run, ["run.steps=2"], reuse=True) == seconds  # not retrained
     assert (run / "pipeline" / "model_index.json").stat().st_mtime_ns == stamp
+    # extended: resumed from its last checkpoint to more steps, the time of both invocations recorded
+    more = bench._train_run("teacher_ring.yaml", run, ["run.steps=4", "eval.num_samples=50"], extend=True)
+    steps = [json.loads(r)["step"] for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert more > seconds and max(steps) == 4 and (run / "checkpoints" / "step-00000004").is_dir()
+    assert json.loads(record.read_text())["wall_s"] == more

@@ -53,3 +53,37 @@ def test_max_minutes_ends_the_run_as_a_finished_one(tmp_path):
     for bad in ("0", "-1", "nan"):
         with pytest.raises(ConfigError, match="run.max_minutes"):
             load_config(TrainConfig, None, common + [f"run.max_minutes={bad}"])
+
+
+def test_the_wall_time_budget_is_the_runs_across_resumes(tmp_path):
+    """A resumed run goes on with the clock its checkpoint kept: time_s continues, and run.max_minutes counts the
+    time before the resume (a budget the first invocation already spent ends the resumed one after one step).
+    Checkpoints written before the clock was kept take it from their step's log row."""
+    import json
+    import shutil
+
+    from gendiv.training import load_config, TrainConfig, train
+    from gendiv.training.checkpoint import write_manifest
+
+    common = [f"run.output_dir={tmp_path}", "run.progress=false", "run.steps=1000000", "run.checkpoint_every=2",
+              "run.log_every=1", "eval.num_samples=32", "eval.num_steps=2"]
+    train(load_config(TrainConfig, None, common + ["run.stop_after=4"]))
+    state = json.loads((tmp_path / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    spent = rows[-1]["time_s"]  # at step 4's log row, just before its checkpoint
+    assert state["trained_s"] >= spent > 0
+
+    def resume_with_budget_spent():
+        train(load_config(TrainConfig, None, common + ["run.resume=true", f"run.max_minutes={spent / 60}"]))
+        rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "time_s" in r]
+        assert [r["step"] for r in steps] == [1, 2, 3, 4, 5]  # one step past the checkpoint, then the budget ends it
+        assert steps[-1]["time_s"] >= spent and all(a["time_s"] <= b["time_s"] for a, b in zip(steps, steps[1:]))
+
+    resume_with_budget_spent()
+    # the same from a checkpoint that predates trainer_state's clock (its step's log row has the time)
+    shutil.rmtree(tmp_path / "checkpoints" / "step-00000005")
+    folder = tmp_path / "checkpoints" / "step-00000004"
+    (folder / "trainer_state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "trained_s"}))
+    write_manifest(folder)
+    resume_with_budget_spent()

@@ -149,8 +149,10 @@ def test_a_damaged_log_line_in_the_middle_is_named(tmp_path, capsys):
 
 
 def test_resume_compares_registered_content_fingerprints(tmp_path, capsys):
-    """A folder registered as a fingerprint (a teacher, say) retrained in place is refused on resume; a copy of the
-    folder with new modification times is not."""
+    """A folder registered as a fingerprint (a teacher, say) retrained in place is refused on resume; the folder
+    touched, or moved elsewhere with the same content, is not."""
+    import shutil
+
     from gendiv.training import DiffusionTrainer, TrainConfig, load_config
 
     teacher = tmp_path / "teacher"
@@ -159,17 +161,21 @@ def test_resume_compares_registered_content_fingerprints(tmp_path, capsys):
     (teacher / "weights.safetensors").write_bytes(b"\x01" * 4096)
 
     class WithTeacher(DiffusionTrainer):
-        def __init__(self, cfg):
+        def __init__(self, cfg, folder=teacher):
             super().__init__(cfg)
-            self.register_fingerprint("teacher.source", teacher)
+            self.config_dict.setdefault("teacher", {})["source"] = f"pipeline:{folder}"  # as distillation configs name it
+            self.register_fingerprint("teacher.source", folder)
 
-    argv = TRAIN[1:] + [f"run.output_dir={tmp_path / 'run'}", "run.steps=4", "run.checkpoint_every=2"]
+    argv = TRAIN[1:] + [f"run.output_dir={tmp_path / 'run'}", "run.steps=5", "run.checkpoint_every=1"]
     WithTeacher(load_config(TrainConfig, None, argv + ["run.stop_after=2"])).fit()
     os.utime(teacher / "weights.safetensors", (1, 1))  # touched, not changed
     WithTeacher(load_config(TrainConfig, None, argv + ["run.stop_after=3", "run.resume=true"])).fit()
-    (teacher / "weights.safetensors").write_bytes(b"\x02" * 4096)  # retrained in place: same size, other content
+    moved = tmp_path / "elsewhere" / "teacher"
+    shutil.copytree(teacher, moved)
+    WithTeacher(load_config(TrainConfig, None, argv + ["run.stop_after=4", "run.resume=true"]), moved).fit()
+    (moved / "weights.safetensors").write_bytes(b"\x02" * 4096)  # retrained in place: same size, other content
     with pytest.raises(Exception, match=r"the content of teacher\.source changed since the checkpoint was written"):
-        WithTeacher(load_config(TrainConfig, None, argv + ["run.resume=true"])).fit()
+        WithTeacher(load_config(TrainConfig, None, argv + ["run.resume=true"]), moved).fit()
 
 
 def test_folder_fingerprint_sees_content_not_times_and_samples_large_files(tmp_path, monkeypatch):

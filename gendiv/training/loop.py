@@ -73,7 +73,8 @@ class RunConfig:
     overwrite: bool = False          # output_dir holds a run: move it aside to <output_dir>.old-<time> and start anew
     stop_after: int | None = None    # end this invocation after this step, as a kill would; resume later
     max_minutes: float | None = None  # end the run (final checkpoint, evaluation, export) after this much training wall
-                                      # time in this invocation, at fewer than run.steps steps: equal-time comparisons
+                                      # time, at fewer than run.steps steps (equal-time comparisons); the clock is
+                                      # the run's, kept in its checkpoints: a resumed run goes on counting
     progress: bool = True
 
     def __post_init__(self):
@@ -128,6 +129,7 @@ class TrainingLoop:
         set_seed(run.seed)  # identical model initialisation on every process
         self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
         self.step = 0
+        self.trained_s = 0.0  # training wall time of the run before this invocation (restored on resume)
         self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, EmaProfile]] = {}
         self.ema_updates: dict[str, int] = {}  # EMA updates so far, by network (a power-function EMA's clock)
         self.extra_state: dict[str, torch.nn.Module] = {}  # modules with buffers to checkpoint (e.g. ratio bins)
@@ -341,12 +343,23 @@ class TrainingLoop:
                 save_file({k: v.contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / f"state_{name}.safetensors"))
             (tmp / "trainer_state.json").write_text(json.dumps({"step": self.step, "world_size": acc.num_processes,
                                                                 "mixed_precision_ran": self.mixed_precision,
-                                                                "ema_updates": self.ema_updates}))
+                                                                "ema_updates": self.ema_updates,
+                                                                "trained_s": self._trained_s_now()}))
             (tmp / "config.json").write_text(json.dumps(self.config_dict, indent=1, default=str))
         acc.wait_for_everyone()
         if self.is_main:
             seal_checkpoint(self.ckpt_root, self.step, keep=self.run.keep_checkpoints)
         acc.wait_for_everyone()
+
+    def _trained_s_now(self) -> float:
+        """Training wall time of the run so far (before fit's loop starts: what a resume restored)."""
+        start = getattr(self, "_clock_start", None)
+        return self.trained_s if start is None else time.time() - start
+
+    def _logged_time_s(self, step: int) -> float:
+        """A checkpoint written before trainer_state kept the clock: the time_s of its step's log row, else 0."""
+        times = [r["time_s"] for r in self.read_log() if r.get("step") == step and "time_s" in r]
+        return float(times[-1]) if times else 0.0
 
     def load_checkpoint(self) -> bool:
         folder, problems = latest_intact_checkpoint(self.ckpt_root)
@@ -374,6 +387,7 @@ class TrainingLoop:
         self.step = state["step"]
         self.ema_updates = dict(state.get("ema_updates", {}))  # absent before power EMAs: constant decays need none
         self._truncate_log(self.step)
+        self.trained_s = state["trained_s"] if "trained_s" in state else self._logged_time_s(self.step)
         return True
 
     def _check_resume_config(self, folder: Path):
@@ -387,9 +401,11 @@ class TrainingLoop:
             print(f"warning: {folder} has no content fingerprint of {key.removeprefix(FINGERPRINTS)}; cannot check "
                   "that it is unchanged", file=sys.stderr)
             saved[key] = now[key]
+        # an entry whose content is fingerprinted may name another path to the same content (a moved teacher folder)
+        same_content = {k for k in now if (FINGERPRINTS + k) in now and saved.get(FINGERPRINTS + k) == now[FINGERPRINTS + k]}
         diffs = [_describe_difference(k, saved.get(k, "(absent)"), now.get(k, "(absent)"))
                  for k in sorted(set(saved) | set(now))
-                 if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+                 if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE) and k not in same_content]
         if diffs:
             raise CheckpointError(f"cannot resume {folder}: the config differs from the one it was written with "
                                   f"({'; '.join(diffs)}). Restore these values, or start a new run in another "
@@ -442,7 +458,8 @@ class TrainingLoop:
         if run.trackers:
             self.accelerator.init_trackers("gendiv", config=_flat(self.config_dict))
         bar = tqdm(total=run.steps, initial=self.step, disable=not (run.progress and self.is_main), desc="train")
-        t0 = time.time()
+        t0 = time.time() - self.trained_s  # the run's clock: a resumed run's time_s and budget go on from its checkpoint
+        self._clock_start = t0
         last = run.steps
         while self.step < last:
             metrics = self.train_step()
