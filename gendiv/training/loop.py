@@ -130,6 +130,7 @@ class TrainingLoop:
         self.gen = torch.Generator().manual_seed(run.seed * 9973 + self.accelerator.process_index)
         self.step = 0
         self.trained_s = 0.0  # training wall time of the run before this invocation (restored on resume)
+        self._clock_start: float | None = None  # time.time() at which the run's clock read 0 (set by fit)
         self.ema: dict[str, tuple[torch.nn.Module, torch.nn.Module, EmaProfile]] = {}
         self.ema_updates: dict[str, int] = {}  # EMA updates so far, by network (a power-function EMA's clock)
         self.extra_state: dict[str, torch.nn.Module] = {}  # modules with buffers to checkpoint (e.g. ratio bins)
@@ -353,8 +354,7 @@ class TrainingLoop:
 
     def _trained_s_now(self) -> float:
         """Training wall time of the run so far (before fit's loop starts: what a resume restored)."""
-        start = getattr(self, "_clock_start", None)
-        return self.trained_s if start is None else time.time() - start
+        return self.trained_s if self._clock_start is None else time.time() - self._clock_start
 
     def _logged_time_s(self, step: int) -> float:
         """A checkpoint written before trainer_state kept the clock: the time_s of its step's log row, else 0."""
@@ -458,8 +458,7 @@ class TrainingLoop:
         if run.trackers:
             self.accelerator.init_trackers("gendiv", config=_flat(self.config_dict))
         bar = tqdm(total=run.steps, initial=self.step, disable=not (run.progress and self.is_main), desc="train")
-        t0 = time.time() - self.trained_s  # the run's clock: a resumed run's time_s and budget go on from its checkpoint
-        self._clock_start = t0
+        t0 = self._clock_start = time.time() - self.trained_s  # a resumed run's time_s and budget go on from its checkpoint
         last = run.steps
         while self.step < last:
             metrics = self.train_step()
