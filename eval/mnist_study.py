@@ -407,13 +407,17 @@ def _fmt_kid(e: dict) -> str:
 
 
 def extrapolate(points: list[dict], target: float) -> str:
-    """Minutes at which FID(t) = a + b·t^(−c), fitted to the curve's points, reaches ``target``; or why it does not."""
+    """When the curve first reached ``target``; else the minutes at which FID(t) = a + b·t^(−c), fitted to its
+    points, reaches it, or why it does not."""
     from scipy.optimize import curve_fit
 
     t = np.array([p["wall_s"] / 60 for p in points])
     fid = np.array([p["fid"] for p in points])
-    if fid[-1] <= target:
-        return f"its last point ({fid[-1]:.1f}) is already at or below the teacher's {target:.1f}"
+    reached = [p for p in points if p["fid"] <= target]
+    if reached:
+        first = reached[0]
+        return (f"it reached the teacher's {target:.1f} at {first['wall_s'] / 60:.0f} minutes ({first['fid']:.1f}, "
+                f"{first['generator_updates']:,} generator updates) and ended at {fid[-1]:.1f}")
     if len(t) < 4:
         return "too few points to extrapolate"
     try:
@@ -490,7 +494,7 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
             f"Inception features, samples drawn for the classes equally; {bench.machine()}. Students run for a fixed "
             f"wall time on one thread each, two side by side, fp32. Teacher artefact: "
             f"`eval/artifacts/teacher_mnist/` ({size:.1f} MiB of safetensors).\n\n" + headline
-            + f"\n\nThe kept recipe's curve extrapolates: {extrapolate(curves[KEPT], t_curve['fid'])} "
+            + f"\n\nThe kept recipe's curve: {extrapolate(curves[KEPT], t_curve['fid'])} "
             f"(fitted to FIDs of {n_curve} samples, against the teacher's FID of {n_curve} samples).\n\n"
             f"Learning curves: FID of {n_curve:,} samples{bench.fid_caveat(n_curve)}; the teacher scores "
             f"{t_curve['fid']:.1f} ({_fmt_kid(t_curve)} KID × 10³) at this sample count. Finished runs are reused "

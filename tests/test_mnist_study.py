@@ -66,8 +66,9 @@ def test_every_study_row_is_a_valid_config(study):
 
 
 def test_extrapolation_says_when_the_teacher_is_reached(study):
-    points = [{"wall_s": 60 * x, "fid": 30 / x} for x in (1.0, 2, 4, 8)]
-    assert "already at or below" in study.extrapolate(points, target=5.0)
+    points = [{"wall_s": 60 * x, "fid": 30 / x, "generator_updates": 100 * x} for x in (1.0, 2, 4, 8, 16)]
+    assert study.extrapolate(points, target=5.0) == ("it reached the teacher's 5.0 at 8 minutes (3.8, 800 generator "
+                                                     "updates) and ended at 1.9")
 
 
 def test_the_sid_config_is_the_studys_sid_row(study):
