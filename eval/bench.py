@@ -911,7 +911,7 @@ def main(argv=None):
     p.add_argument("--fid-samples", type=int, default=500, help="generated samples per model for FID (mnist)")
     p.add_argument("--qmc-samples", type=int, default=256, help="samples per set (qmc_fid; a power of 2 suits Sobol)")
     p.add_argument("--reuse", action="store_true", help="mnist: keep runs that finished before (runs/bench_mnist/)")
-    p.add_argument("--mnist-minutes", type=float, default=60, help="mnist: training minutes of the kept recipe")
+    p.add_argument("--mnist-minutes", type=float, default=120, help="mnist: training minutes of the kept recipe")
     p.add_argument("--mnist-paper-minutes", type=float, default=0,
                    help="mnist: training minutes of DMD2 as published (TTUR 5) beside the kept recipe; 0: not run")
     p.add_argument("--mnist-sweep-minutes", type=float, default=5, help="mnist: training minutes of every other method")
