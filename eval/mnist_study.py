@@ -140,7 +140,8 @@ def check_reusable(run: Path, overrides: list[str]) -> bool:
 
     wanted, default = resolved(overrides), resolved([])
     saved = _flat(_config(run))
-    ignored = {"run.output_dir", "teacher.source"}  # paths; the teacher's content is compared by its fingerprint
+    # paths (the teacher's content is compared by its fingerprint), and whether the run was extended by a resume
+    ignored = {"run.output_dir", "teacher.source", "run.resume"}
     ran = {k: saved[k] if k in saved else default.get(k) for k in wanted}  # a key another method has: no default
     minutes = "run.max_minutes"
     shorter = ran[minutes] is not None and wanted[minutes] is not None and ran[minutes] < wanted[minutes]

@@ -111,11 +111,14 @@ def test_a_cached_run_is_reused_only_with_the_config_asked_for(study, tmp_path):
         study.check_reusable(tmp_path, [*overrides, "method.fake_updates_per_generator_update=2"])
     with pytest.raises(RuntimeError, match=r"optim.ema_std: ran None, asked 0.05"):
         study.check_reusable(tmp_path, [*overrides, "optim.ema_std=0.05"])
-    # the same config with more minutes: the run is extended, not retrained; with fewer, refused
+    # the same config with more minutes: the run is extended, not retrained; with fewer, refused; once extended
+    # (resumed: run.resume is true in its saved config) it is the run asked for
     assert study.check_reusable(tmp_path, overrides) is False
     assert study.check_reusable(tmp_path, [*overrides, "run.max_minutes=5"]) is True
     with pytest.raises(RuntimeError, match=r"run.max_minutes: ran 3.0, asked 2.0"):
         study.check_reusable(tmp_path, [*overrides, "run.max_minutes=2"])
+    _saved_run(study, tmp_path / "extended", [*overrides, "run.max_minutes=5", "run.resume=true"])
+    assert study.check_reusable(tmp_path / "extended", [*overrides, "run.max_minutes=5"]) is False
 
 
 def test_a_cached_run_of_another_method_is_reused(study, tmp_path):
