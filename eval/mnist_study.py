@@ -496,7 +496,7 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
             f"wall time on one thread each, two side by side, fp32. Teacher artefact: "
             f"`eval/artifacts/teacher_mnist/` ({size:.1f} MiB of safetensors).\n\n" + headline
             + f"\n\nThe kept recipe's curve: {extrapolate(curves[KEPT], t_curve['fid'])} "
-            f"(fitted to FIDs of {n_curve} samples, against the teacher's FID of {n_curve} samples).\n\n"
+            f"(FIDs of {n_curve} samples, the teacher's too).\n\n"
             f"Learning curves: FID of {n_curve:,} samples{bench.fid_caveat(n_curve)}; the teacher scores "
             f"{t_curve['fid']:.1f} ({_fmt_kid(t_curve)} KID × 10³) at this sample count. Finished runs are reused "
             f"across sessions (`--reuse`) and the machine's speed varies between sessions (compare steps per minute): "
@@ -522,8 +522,8 @@ def markdown(args, bench, study: dict) -> tuple[str, str]:
                 + bench.table(["variant", "minutes", "steps", "generator updates", f"FID ({n_curve})", "KID × 10³"],
                               abl_rows)
                 + f"\n\nThe recipe itself over {len(seeds)} training seeds (the control and the seed rows): FID "
-                  f"{seeds.mean():.1f} ± {seeds.std(ddof=1):.1f} (mean ± std); a row one run of each knob, read "
-                  "against this spread.")
+                  f"{seeds.mean():.1f} ± {seeds.std(ddof=1):.1f} (mean ± std); every other row is one run of its "
+                  "knob, to be read against this spread.")
     return head, ablation
 
 
