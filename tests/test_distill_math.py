@@ -83,7 +83,8 @@ def test_reverse_kl_is_exactly_dmd():
     x, dt, df = (torch.randn(6, 3, 4, 4, generator=g) for _ in range(3))
     ctx = StepContext(x=x, sigma=torch.rand(6, generator=g) * 5, x_sigma=x, cond=None, d_teacher=dt, d_fake=df,
                       logits=torch.randn(6, generator=g) * 3)
-    torch.testing.assert_close(FDistill("reverse_kl").pseudo_gradient(ctx), DMD().pseudo_gradient(ctx), rtol=0, atol=0)
+    # the same formula, so equal to float32 round-off (not bit-exact: the two may reduce in another order)
+    torch.testing.assert_close(FDistill("reverse_kl").pseudo_gradient(ctx), DMD().pseudo_gradient(ctx), rtol=1e-6, atol=1e-6)
     # and DMD's g is (Dᶠ − Dᵀ)/mean|x − Dᵀ| as in DMD2's code, written out
     c = (x - dt).abs().mean((1, 2, 3), keepdim=True)
     torch.testing.assert_close(DMD().pseudo_gradient(ctx), (df - dt) / (c + 1e-6))
